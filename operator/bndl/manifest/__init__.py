@@ -1,0 +1,72 @@
+"""BndlJob manifests: read, validate against the CRD's schema, and plan, for both modes.
+
+``bndl run`` and the operator take the same ``kind: BndlJob``; this package is where its meaning is
+decided once. Everything public is listed here; the modules below are private layers.
+"""
+
+from .calls import CALL_PATTERN, resolve_call, split_call
+from .errors import ManifestError
+from .graph import CycleError, topological_order
+from .loader import (
+    CEL_RULES_CHECKED,
+    load_plan,
+    parse_manifest,
+    plan_job,
+    read_manifest,
+    validate_manifest,
+)
+from .markers import FromTask, FromTasks, Marker, references, substitute
+from .model import (
+    API_VERSION,
+    GROUP,
+    KIND,
+    PLURAL,
+    VERSION,
+    AwaitWorkers,
+    CleanupPolicy,
+    CodeSource,
+    JobPlan,
+    Locality,
+    Preference,
+    Profiling,
+    TaskSpec,
+    WorkersSpec,
+)
+from .schema import crd, crd_schema, json_schema
+
+__all__ = [
+    "API_VERSION",
+    "CALL_PATTERN",
+    "CEL_RULES_CHECKED",
+    "GROUP",
+    "KIND",
+    "PLURAL",
+    "VERSION",
+    "AwaitWorkers",
+    "CleanupPolicy",
+    "CodeSource",
+    "CycleError",
+    "FromTask",
+    "FromTasks",
+    "JobPlan",
+    "Locality",
+    "ManifestError",
+    "Marker",
+    "Preference",
+    "Profiling",
+    "TaskSpec",
+    "WorkersSpec",
+    "crd",
+    "crd_schema",
+    "json_schema",
+    "load_plan",
+    "parse_manifest",
+    "plan_job",
+    "read_manifest",
+    "references",
+    "resolve_call",
+    "split_call",
+    "substitute",
+    "topological_order",
+    "validate_manifest",
+]

@@ -1,0 +1,324 @@
+"""Fan-out expansion and argument markers: from manifest entries to ``TaskSpec``s.
+
+Each entry's arguments are compiled once: ``{fromTask: ..}`` becomes a ``FromTask``/``FromTasks``
+marker, and the parts that differ between the tasks of a fan-out (``{fromItem: ..}``,
+``{fromTask: .., sameIndex: true}``) become holes. Problems are reported once per entry, not once
+per task, and each task of a fan-out is then stamped out of the compiled form in time proportional
+to its arguments: 10,000 tasks cost 10,000 small copies.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import ManifestError, join_path
+from .locality import to_locality
+from .markers import FromTask, FromTasks
+from .model import TaskSpec
+
+_EXPANDED = re.compile(r"^(.*)-(0|[1-9][0-9]*)$")
+_TASK_KEYS = ("fromTask", "all", "sameIndex")
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """Hole for the fan-out item (``key`` None) or one key of it."""
+
+    key: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _SameIndex:
+    """Hole for the result of the task with the current index in fan-out ``entry``."""
+
+    entry: str
+
+
+@dataclass(slots=True)
+class Entry:
+    """One manifest entry of ``spec.tasks`` (already schema-valid)."""
+
+    position: int
+    raw: Mapping[str, Any]
+    items: Sequence[Any] | None
+    """The fan-out items, or None for a single task."""
+    ids: tuple[str, ...] = ()
+    """The ids of the tasks it expands to."""
+    static_deps: set[str] = field(default_factory=set)
+    """Task ids every one of its tasks depends on."""
+    same_index: set[str] = field(default_factory=set)
+    """Fan-out entries whose task with the same index each of its tasks depends on."""
+    args: Any = None
+    kwargs: Any = None
+
+    @property
+    def id(self) -> str:
+        return str(self.raw["id"])
+
+    @property
+    def field(self) -> str:
+        return f"spec.tasks[{self.position}]"
+
+
+def fan_out_items(raw: Mapping[str, Any]) -> Sequence[Any] | None:
+    """The items of an entry's ``forEach`` (schema-valid), or None if it has none."""
+    for_each = raw.get("forEach")
+    if for_each is None:
+        return None
+    if "range" in for_each:
+        return range(for_each["range"])
+    return list(for_each.get("values", []))
+
+
+class Expander:
+    """Expands schema-valid entries into tasks, collecting every problem in ``errors``."""
+
+    def __init__(self, raw_tasks: Sequence[Mapping[str, Any]]) -> None:
+        self.errors: list[ManifestError] = []
+        self.entries: dict[str, Entry] = {}
+        self.origin: dict[str, str] = {}
+        for i, raw in enumerate(raw_tasks):
+            entry = Entry(i, raw, fan_out_items(raw))
+            if entry.id in self.entries:
+                first = self.entries[entry.id].position
+                self.errors.append(
+                    ManifestError(
+                        join_path(entry.field, "id"),
+                        f"duplicate task id {entry.id!r} (also spec.tasks[{first}].id): "
+                        "give every task its own id",
+                    )
+                )
+                continue
+            if entry.items is None:
+                entry.ids = (entry.id,)
+            else:
+                entry.ids = tuple(f"{entry.id}-{k}" for k in range(len(entry.items)))
+            self.entries[entry.id] = entry
+        self._check_collisions()
+
+    def _check_collisions(self) -> None:
+        for entry in self.entries.values():
+            hit = self._expanded(entry.id)
+            if hit is not None:
+                owner, k = hit
+                self.errors.append(
+                    ManifestError(
+                        join_path(entry.field, "id"),
+                        f"id {entry.id!r} is also the id of task {k} of fan-out {owner.id!r} "
+                        f"(spec.tasks[{owner.position}]): rename one of them",
+                    )
+                )
+
+    def _expanded(self, name: str) -> tuple[Entry, int] | None:
+        """The fan-out entry and index of an expanded id such as ``map-3``, if it is one."""
+        m = _EXPANDED.match(name)
+        if not m:
+            return None
+        owner = self.entries.get(m.group(1))
+        k = int(m.group(2))
+        if owner is None or owner.items is None or k >= len(owner.items):
+            return None
+        return owner, k
+
+    def _unknown(self, name: str, field: str) -> ManifestError:
+        close = difflib.get_close_matches(name, list(self.entries), n=1)
+        hint = f"did you mean {close[0]!r}?" if close else "check the spelling of the task id"
+        return ManifestError(field, f"no task has the id {name!r}: {hint}")
+
+    # -- dependencies and markers -------------------------------------------------------
+
+    def _resolve(self, entry: Entry, name: str, field: str) -> Entry | str | None:
+        """A fan-out Entry, a task id, or None (after recording why)."""
+        target = self.entries.get(name)
+        if target is not None:
+            if target is entry:
+                self.errors.append(
+                    ManifestError(field, f"task {name!r} cannot depend on its own result")
+                )
+                return None
+            return target if target.items is not None else name
+        hit = self._expanded(name)
+        if hit is None:
+            self.errors.append(self._unknown(name, field))
+            return None
+        if hit[0] is entry:
+            self.errors.append(
+                ManifestError(
+                    field,
+                    f"tasks of fan-out {entry.id!r} cannot depend on each other ({name!r})",
+                )
+            )
+            return None
+        return name
+
+    def _depends_on(self, entry: Entry) -> None:
+        field = join_path(entry.field, "dependsOn")
+        for j, name in enumerate(entry.raw.get("dependsOn", [])):
+            target = self._resolve(entry, name, join_path(field, j))
+            if isinstance(target, Entry):
+                entry.static_deps.update(target.ids)
+            elif target is not None:
+                entry.static_deps.add(target)
+
+    def _compile(self, entry: Entry, obj: Any, field: str) -> Any:
+        if isinstance(obj, list):
+            return [self._compile(entry, x, join_path(field, i)) for i, x in enumerate(obj)]
+        if not isinstance(obj, dict):
+            return obj
+        if "fromTask" in obj:
+            return self._from_task(entry, obj, field)
+        if "fromItem" in obj:
+            return self._from_item(entry, obj, field)
+        return {k: self._compile(entry, v, join_path(field, k)) for k, v in obj.items()}
+
+    def _from_task(self, entry: Entry, marker: Mapping[str, Any], field: str) -> Any:
+        extra = [k for k in marker if k not in _TASK_KEYS]
+        name, all_, same = marker["fromTask"], marker.get("all"), marker.get("sameIndex")
+        if extra:
+            return self._fail(
+                join_path(field, extra[0]),
+                f"unknown key {extra[0]!r} in a fromTask marker: it takes only fromTask, all "
+                "and sameIndex",
+            )
+        if not isinstance(name, str):
+            return self._fail(join_path(field, "fromTask"), "must be a task id (a string)")
+        for key, value in (("all", all_), ("sameIndex", same)):
+            if value is not None and not isinstance(value, bool):
+                return self._fail(join_path(field, key), "must be true or false")
+        if all_ and same:
+            return self._fail(field, "use either all or sameIndex, not both")
+        target = self._resolve(entry, name, join_path(field, "fromTask"))
+        if target is None:
+            return None
+        if isinstance(target, str):
+            if all_ or same:
+                flag = "all" if all_ else "sameIndex"
+                return self._fail(
+                    join_path(field, flag),
+                    f"{flag} applies to fan-outs only, and {name!r} is a single task: remove it",
+                )
+            entry.static_deps.add(target)
+            return FromTask(target)
+        if all_:
+            entry.static_deps.update(target.ids)
+            return FromTasks(target.ids)
+        if same:
+            return self._same_index(entry, target, field)
+        return self._fail(
+            join_path(field, "fromTask"),
+            f"{name!r} is a fan-out of {len(target.ids)} tasks: write {{fromTask: {name}, all: "
+            f"true}} for the list of all their results, {{fromTask: {name}, sameIndex: true}} "
+            f"inside a fan-out of the same size, or {{fromTask: {name}-<i>}} for one of them",
+        )
+
+    def _same_index(self, entry: Entry, target: Entry, field: str) -> Any:
+        if entry.items is None:
+            return self._fail(
+                join_path(field, "sameIndex"),
+                "sameIndex needs this task to have a forEach (it picks the task with the same "
+                "index)",
+            )
+        if len(entry.ids) != len(target.ids):
+            return self._fail(
+                join_path(field, "sameIndex"),
+                f"this fan-out has {len(entry.ids)} tasks and {target.id!r} has "
+                f"{len(target.ids)}: sameIndex needs fan-outs of the same size",
+            )
+        entry.same_index.add(target.id)
+        return _SameIndex(target.id)
+
+    def _from_item(self, entry: Entry, marker: Mapping[str, Any], field: str) -> Any:
+        key = marker["fromItem"]
+        if len(marker) > 1:
+            extra = next(k for k in marker if k != "fromItem")
+            return self._fail(
+                join_path(field, extra), f"unknown key {extra!r} in a fromItem marker"
+            )
+        if entry.items is None:
+            return self._fail(
+                join_path(field, "fromItem"),
+                "fromItem is only meaningful in a task with forEach: add forEach or remove it",
+            )
+        if key is True:
+            return _Item(None)
+        if not isinstance(key, str):
+            return self._fail(
+                join_path(field, "fromItem"), "must be true (the item) or a key of the items"
+            )
+        for k, item in enumerate(entry.items):
+            if not isinstance(item, dict) or key not in item:
+                return self._fail(
+                    join_path(field, "fromItem"),
+                    f"item {k} of forEach ({item!r}) has no key {key!r}: fromItem: <key> needs "
+                    "every item to be an object with that key",
+                )
+        return _Item(key)
+
+    def _fail(self, field: str, message: str) -> None:
+        self.errors.append(ManifestError(field, message))
+
+    # -- driving it ---------------------------------------------------------------------
+
+    def compile_all(self) -> None:
+        """Resolve dependencies and markers of every entry (errors go to ``errors``)."""
+        for entry in self.entries.values():
+            for task_id in entry.ids:
+                if task_id != entry.id:
+                    self.origin[task_id] = entry.id
+        for entry in self.entries.values():
+            self._depends_on(entry)
+            entry.args = self._compile(entry, entry.raw.get("args", []), entry.field + ".args")
+            entry.kwargs = self._compile(
+                entry, entry.raw.get("kwargs", {}), entry.field + ".kwargs"
+            )
+
+    def entry_deps(self) -> dict[str, set[str]]:
+        """For each entry id, the entry ids it depends on (the graph to order)."""
+        return {
+            entry.id: {self.origin.get(d, d) for d in entry.static_deps} | entry.same_index
+            for entry in self.entries.values()
+        }
+
+    def tasks(self, order: Sequence[str]) -> Iterator[TaskSpec]:
+        """Stamp out the tasks of the entries, in the given order of entry ids."""
+        for entry_id in order:
+            entry = self.entries[entry_id]
+            raw = entry.raw
+            locality = to_locality(raw.get("locality"))
+            static = frozenset(entry.static_deps)
+            for k, task_id in enumerate(entry.ids):
+                deps = static
+                if entry.same_index:
+                    deps = static | {f"{e}-{k}" for e in entry.same_index}
+                item = None if entry.items is None else entry.items[k]
+                yield TaskSpec(
+                    id=task_id,
+                    call=raw["call"],
+                    args=_stamp(entry.args, item, k),
+                    kwargs=_stamp(entry.kwargs, item, k),
+                    depends_on=deps,
+                    priority=raw.get("priority", 0),
+                    group=raw.get("group"),
+                    locality=locality,
+                    attempts=raw.get("attempts"),
+                    origin=entry.id,
+                    index=None if entry.items is None else k,
+                    item=item,
+                )
+
+
+def _stamp(obj: Any, item: Any, index: int) -> Any:
+    """A fresh copy of compiled arguments with the holes filled for one task."""
+    if isinstance(obj, list):
+        return [_stamp(x, item, index) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _stamp(v, item, index) for k, v in obj.items()}
+    if isinstance(obj, _Item):
+        return item if obj.key is None else item[obj.key]
+    if isinstance(obj, _SameIndex):
+        return FromTask(f"{obj.entry}-{index}")
+    return obj

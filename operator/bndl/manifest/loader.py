@@ -1,0 +1,240 @@
+"""From a BndlJob manifest (YAML text, a file, or the object the API server hands the operator) to
+a ``JobPlan``, reporting every problem at once.
+
+Order of checks: the document's header, the CRD schema (with defaults applied, unknown keys
+reported), then what a schema cannot say: the CRD's CEL rules again (the API server runs them, a
+local file never met one), ids and references, locality, importable functions, and cycles.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .calls import resolve_call
+from .errors import ManifestError
+from .expand import Expander
+from .graph import CycleError, topological_order
+from .locality import check_locality
+from .model import (
+    API_VERSION,
+    KIND,
+    AwaitWorkers,
+    CleanupPolicy,
+    CodeSource,
+    JobPlan,
+    Profiling,
+    WorkersSpec,
+)
+from .schema import apply_defaults, crd_schema, schema_errors
+
+PathLike = str | os.PathLike[str]
+
+CEL_RULES_CHECKED = frozenset(
+    {
+        "a task cannot depend on itself",
+        "forEach needs exactly one of range or values",
+        "awaitWorkers.minimum cannot exceed awaitWorkers.count",
+        "awaitWorkers.count cannot exceed workers.replicas",
+    }
+)
+"""Messages of the CRD's CEL rules that ``validate_manifest`` checks too (a test keeps it whole)."""
+
+
+def parse_manifest(text: str, source: str = "<string>") -> dict[str, Any]:
+    """The BndlJob in YAML ``text``: the only document, or the first with ``kind: BndlJob``."""
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as e:
+        raise ManifestError("", f"{source} is not valid YAML: {e}") from e
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == KIND:
+            return doc
+    if len(docs) == 1 and isinstance(docs[0], dict):
+        return docs[0]  # let validation say what is wrong with its kind
+    raise ManifestError("kind", f"{source} holds no BndlJob: add a document with 'kind: {KIND}'")
+
+
+def read_manifest(path: PathLike) -> dict[str, Any]:
+    """``parse_manifest`` of a file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as e:
+        raise ManifestError("", f"cannot read the manifest {os.fspath(path)!r}: {e}") from e
+    return parse_manifest(text, os.fspath(path))
+
+
+def validate_manifest(
+    doc: Any, *, check_imports: bool = False, source: PathLike | None = None
+) -> list[ManifestError]:
+    """Every problem of a manifest (empty if it is valid). See ``plan_job``."""
+    return _build(doc, check_imports, source)[1]
+
+
+def plan_job(doc: Any, *, check_imports: bool = False, source: PathLike | None = None) -> JobPlan:
+    """The plan of a parsed manifest; raises ManifestError carrying every problem found.
+
+    With ``check_imports``, each ``call`` is imported here (``spec.code.pythonPath`` entries are
+    resolved against the folder of ``source``, else the working directory, while checking).
+    """
+    plan, errors = _build(doc, check_imports, source)
+    if errors or plan is None:
+        raise ManifestError.collect(errors)
+    return plan
+
+
+def load_plan(path: PathLike, *, check_imports: bool = False) -> JobPlan:
+    """``plan_job`` of a manifest file."""
+    return plan_job(read_manifest(path), check_imports=check_imports, source=path)
+
+
+@functools.cache
+def _schema() -> dict[str, Any]:
+    return crd_schema()
+
+
+def _build(
+    raw: Any, check_imports: bool, source: PathLike | None
+) -> tuple[JobPlan | None, list[ManifestError]]:
+    if not isinstance(raw, Mapping):
+        return None, [ManifestError("", "a manifest must be a mapping (apiVersion, kind, ...)")]
+    doc = copy.deepcopy(dict(raw))
+    apply_defaults(doc, _schema())
+    errors = list(_header(doc))
+    errors.extend(schema_errors(doc))
+    if errors:
+        return None, errors
+    spec = doc["spec"]
+    errors.extend(_cel_rules(spec))
+    for i, task in enumerate(spec["tasks"]):
+        if "locality" in task:
+            errors.extend(check_locality(task["locality"], f"spec.tasks[{i}].locality"))
+    expander = Expander(spec["tasks"])
+    expander.compile_all()
+    errors.extend(expander.errors)
+    if check_imports:
+        errors.extend(_import_errors(spec, source))
+    try:
+        order = topological_order(list(expander.entries), expander.entry_deps())
+    except CycleError as e:
+        where = expander.entries[e.path[0]].field
+        errors.append(
+            ManifestError(
+                where,
+                f"dependency cycle: {' -> '.join(e.path)} ('->' means 'depends on'): "
+                "remove one of these dependencies",
+            )
+        )
+        return None, errors
+    if errors:
+        return None, errors
+    return _plan(doc, list(expander.tasks(order)), source), []
+
+
+def _header(doc: Mapping[str, Any]) -> Iterator[ManifestError]:
+    if doc.get("apiVersion") != API_VERSION:
+        yield ManifestError("apiVersion", f"must be {API_VERSION!r}, not {doc.get('apiVersion')!r}")
+    if doc.get("kind") != KIND:
+        yield ManifestError("kind", f"must be {KIND!r}, not {doc.get('kind')!r}")
+    metadata = doc.get("metadata")
+    if not isinstance(metadata, Mapping) or not isinstance(metadata.get("name"), str):
+        yield ManifestError("metadata.name", "required: give the job a name")
+    elif not metadata["name"]:
+        yield ManifestError("metadata.name", "must not be empty")
+
+
+def _cel_rules(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
+    """The CRD's CEL rules (see CEL_RULES_CHECKED), for manifests that never met an API server."""
+    for i, task in enumerate(spec["tasks"]):
+        for j, dep in enumerate(task.get("dependsOn", [])):
+            if dep == task["id"]:
+                yield ManifestError(
+                    f"spec.tasks[{i}].dependsOn[{j}]",
+                    "a task cannot depend on itself: remove its own id from dependsOn",
+                )
+        for_each = task.get("forEach")
+        if for_each is not None and ("range" in for_each) == ("values" in for_each):
+            yield ManifestError(
+                f"spec.tasks[{i}].forEach",
+                "forEach needs exactly one of range or values, e.g. {range: 10}",
+            )
+    wait = spec.get("awaitWorkers", {})
+    if "minimum" in wait and "count" in wait and wait["minimum"] > wait["count"]:
+        yield ManifestError(
+            "spec.awaitWorkers.minimum",
+            f"awaitWorkers.minimum ({wait['minimum']}) cannot exceed awaitWorkers.count "
+            f"({wait['count']})",
+        )
+    replicas = spec.get("workers", {}).get("replicas")
+    if "count" in wait and replicas is not None and wait["count"] > replicas:
+        yield ManifestError(
+            "spec.awaitWorkers.count",
+            f"awaitWorkers.count ({wait['count']}) cannot exceed workers.replicas ({replicas})",
+        )
+
+
+def _import_errors(spec: Mapping[str, Any], source: PathLike | None) -> list[ManifestError]:
+    base = Path(source).parent if source is not None else Path.cwd()
+    extra = [str((base / p).resolve()) for p in spec.get("code", {}).get("pythonPath", [])]
+    saved = list(sys.path)
+    sys.path[:0] = extra
+    errors = []
+    try:
+        for i, task in enumerate(spec["tasks"]):
+            try:
+                resolve_call(task["call"], f"spec.tasks[{i}].call")
+            except ManifestError as e:
+                errors.append(e)
+    finally:
+        sys.path[:] = saved
+    return errors
+
+
+def _plan(doc: Mapping[str, Any], tasks: list[Any], source: PathLike | None) -> JobPlan:
+    spec, metadata = doc["spec"], doc["metadata"]
+    workers = spec.get("workers", {})
+    wait = spec.get("awaitWorkers", {})
+    code = spec.get("code", {})
+    profiling = spec.get("profiling", {})
+    return JobPlan(
+        name=metadata["name"],
+        namespace=metadata.get("namespace"),
+        tasks=tasks,
+        concurrency=spec["concurrency"],
+        attempts=spec["attempts"],
+        order_results=spec["orderResults"],
+        workers=WorkersSpec(
+            replicas=workers.get("replicas", 1),
+            port=workers.get("port", 8470),
+            image=workers.get("image"),
+            template=workers.get("template"),
+        ),
+        await_workers=AwaitWorkers(
+            count=wait.get("count"),
+            minimum=wait.get("minimum"),
+            connect_timeout=float(wait.get("connectTimeoutSeconds", 300)),
+            stable_timeout=float(wait.get("stableTimeoutSeconds", 60)),
+        ),
+        active_deadline_seconds=spec.get("activeDeadlineSeconds"),
+        suspend=spec["suspend"],
+        ttl_seconds_after_finished=spec.get("ttlSecondsAfterFinished"),
+        cleanup_policy=CleanupPolicy(spec["cleanupPolicy"]),
+        code=CodeSource(
+            config_map=code.get("configMap"),
+            mount_path=code.get("mountPath", "/opt/bndl/code"),
+            python_path=tuple(code.get("pythonPath", ())),
+        ),
+        profiling=Profiling(
+            cpu=profiling.get("cpu", False),
+            memory=profiling.get("memory", False),
+            top=profiling.get("top", 20),
+        ),
+        source=Path(source) if source is not None else None,
+    )
