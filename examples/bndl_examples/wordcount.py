@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 
-VOCABULARY = (
-    "the of and to in is it that was for on are as with his they at be this from "
-    "have or by one had not but what all were when we there can an your which their"
-).split()
+_WORDS = """
+the of and to in is it that was for on are as with his they at be this from
+have or by one had not but what all were when we there can an your which their
+"""
+VOCABULARY = tuple(_WORDS.split())
 
 # Zipf-like weights: the n-th word is about 1/n as frequent as the first.
 _WEIGHTS = [1000 // (rank + 1) for rank in range(len(VOCABULARY))]
