@@ -9,7 +9,7 @@ picklable.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,8 @@ class FromTask:
 class FromTasks:
     """Stands for the list of results of tasks ``ids``, in that order."""
 
-    ids: tuple[str, ...]
+    ids: Sequence[str]
+    """Any sequence may be given; it is kept as a tuple, so the marker stays hashable."""
 
     def __repr__(self) -> str:  # a fan-in of 10,000 tasks should not flood a log line
         if len(self.ids) <= 6:

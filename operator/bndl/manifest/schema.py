@@ -147,10 +147,13 @@ def _json_type(value: Any) -> str:
 
 def _convert(error: jsonschema.ValidationError) -> Iterator[ManifestError]:
     field = _path(error.absolute_path)
-    kind, expected, instance = error.validator, error.validator_value, error.instance
+    kind = error.validator
+    expected: Any = error.validator_value
+    instance: Any = error.instance
+    schema: Any = error.schema
     last = error.absolute_path[-1] if error.absolute_path else ""
     if kind == "additionalProperties":
-        known = sorted(error.schema.get("properties", {}))
+        known = sorted(schema.get("properties", {}))
         for key in instance:
             if key in known:
                 continue
