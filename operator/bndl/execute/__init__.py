@@ -1,0 +1,15 @@
+"""The execution engine: jobs of tasks, a pure scheduler core and the shells that drive it.
+
+Configuration keys (read at the start of each job; per-call arguments override them):
+
+- ``bndl.execute.concurrency`` (int, default 1): tasks of one job running at once on one worker.
+- ``bndl.execute.attempts`` (int, default 1): ordinary failures a task may have before the job
+  fails.
+"""
+
+from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
+
+CONCURRENCY = "bndl.execute.concurrency"
+ATTEMPTS = "bndl.execute.attempts"
+
+__all__ = ["ATTEMPTS", "CONCURRENCY", "DependenciesFailed", "TaskCancelled"]

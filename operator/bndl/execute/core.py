@@ -1,0 +1,679 @@
+"""The scheduler core: a pure state machine that decides which task runs where.
+
+Events go in (a task succeeded, failed, lost its output; a worker came or went; cancel), decisions
+come out (dispatch task T to worker W, cancel a run, emit a task to the consumer, the job finished
+or failed). The core does no I/O, starts no threads and reads no clock, so every interleaving can
+be replayed in a unit test, and the same core runs behind the thread-based shell of the Python API
+and behind the asyncio shell of the Kubernetes operator.
+
+Semantics follow the original ``bndl.execute`` scheduler with its known bugs fixed:
+
+- exactly ``concurrency`` running tasks per worker, from the first task on;
+- a task that no live worker may run fails the job at once, naming the task;
+- preferred locality never overrides a forbidden worker;
+- a task that failed on a worker prefers another worker for its retry, and falls back to the same
+  worker when there is no other (so ``attempts > 1`` works on a one-worker cluster);
+- a task is emitted exactly once, on its first success; results are never "missing";
+- lost workers and lost dependency outputs are never charged as attempts;
+- many-to-many dependencies cost O(1) per edge (a counter per task, no per-edge sets).
+
+Runs are numbered per task: every dispatch carries a run number and every event names the run it
+is about, so late events from an abandoned run (a lost worker that answers after all) are ignored.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeAlias
+
+TaskId: TypeAlias = Hashable
+WorkerName: TypeAlias = str
+
+# Task states.
+_BLOCKED = 0  # waiting for dependencies (or for lost outputs to be recomputed)
+_READY = 1  # may be dispatched
+_RUNNING = 2  # dispatched to a worker
+_SUCCEEDED = 3  # its output exists on ``holder``
+
+# How many times one task may report lost dependencies before the job gives up: a bound on
+# livelock (a holder that keeps losing what it computes), far above any honest recovery.
+MAX_DEPENDENCY_FAILURES = 100
+
+
+class SchedulingError(Exception):
+    """The job cannot be completed for a reason of scheduling, not of a task's own code."""
+
+    def __init__(self, message: str, task: TaskId | None = None) -> None:
+        super().__init__(message)
+        self.task = task
+
+
+class FailureKind(Enum):
+    """How a task run ended, when it did not succeed."""
+
+    ERROR = "error"  # the task's own code raised: charged as an attempt
+    LOST = "lost"  # the worker could not be reached (NotConnected): not charged, worker lost
+    REQUEUE = "requeue"  # cancelled, or its output declared lost while running: not charged
+
+
+@dataclass(frozen=True, slots=True)
+class TaskSpec:
+    """What the core needs to know about a task."""
+
+    id: TaskId
+    dependencies: Sequence[TaskId] = ()
+    priority: Any = None  # lower runs first; None means "position in the job"
+    attempts: int | None = None  # per-task override of the job's attempts
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Run ``task`` on ``worker``; events about this run must quote ``run``."""
+
+    task: TaskId
+    worker: WorkerName
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Stop run ``run`` of ``task`` on ``worker``; its outcome will be ignored."""
+
+    task: TaskId
+    worker: WorkerName
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """``task`` succeeded for the first time: hand its result to the consumer."""
+
+    task: TaskId
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Every task of the job succeeded."""
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The job failed: ``error`` is the task's own exception or a :class:`SchedulingError`."""
+
+    error: BaseException
+    task: TaskId | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """The job was cancelled by the driver."""
+
+
+Decision: TypeAlias = Dispatch | Cancel | Emit | Finished | Failed | Cancelled
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Progress figures, cheap to read after every event."""
+
+    total: int
+    succeeded: int
+    running: int
+    ready: int
+    blocked: int
+    retried: int  # runs that failed with an ordinary error and were retried
+    recomputed: int  # runs of tasks whose output had been lost
+    lost_runs: int  # runs abandoned because their worker was lost
+
+
+class SchedulerCore:
+    """The state machine for one job. Not thread-safe: the shell serialises events."""
+
+    def __init__(
+        self,
+        tasks: Sequence[TaskSpec],
+        workers: Iterable[WorkerName],
+        *,
+        concurrency: int = 1,
+        attempts: int = 1,
+        locality: Mapping[TaskId, Mapping[WorkerName, float]] | None = None,
+        succeeded: Iterable[TaskId] = (),
+        wait_for_workers: bool = False,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError(f"concurrency must be at least 1, not {concurrency}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be at least 1, not {attempts}")
+        self.concurrency = concurrency
+        self.attempts = attempts
+        self.wait_for_workers = wait_for_workers
+
+        n = len(tasks)
+        self._ids: list[TaskId] = [t.id for t in tasks]
+        self._index: dict[TaskId, int] = {}
+        for i, tid in enumerate(self._ids):
+            if tid in self._index:
+                raise ValueError(f"duplicate task id {tid!r}")
+            self._index[tid] = i
+        self._prio: list[Any] = [
+            i if t.priority is None else t.priority for i, t in enumerate(tasks)
+        ]
+        self._attempts: list[int] = [t.attempts or attempts for t in tasks]
+        done = {self._index[t] for t in succeeded if t in self._index}
+        self._deps: list[list[int]] = [[] for _ in range(n)]
+        self._dependents: list[list[int]] = [[] for _ in range(n)]
+        index = self._index
+        for i, t in enumerate(tasks):
+            if not t.dependencies:
+                continue
+            try:
+                dep_idx = [index[d] for d in t.dependencies]
+            except KeyError as e:
+                raise ValueError(
+                    f"task {t.id!r} depends on {e.args[0]!r}, which is not a task of this job"
+                ) from e
+            self._deps[i] = dep_idx
+            for j in dep_idx:
+                self._dependents[j].append(i)
+
+        self._state = [_BLOCKED] * n
+        self._remaining = [0] * n  # dependencies (and awaited recomputations) not yet succeeded
+        self._emitted = [False] * n
+        self._failures = [0] * n
+        self._dep_failures = [0] * n
+        self._run = [0] * n
+        self._running_on: list[WorkerName | None] = [None] * n
+        self._holder: list[WorkerName | None] = [None] * n
+        self._ready_ver = [0] * n
+        self._ever_succeeded = [False] * n
+        self._initially_done = done
+        # Extra waits: a task that reported a lost output of a task that is not its direct
+        # dependency waits for that recomputation too.
+        self._waiters: dict[int, set[int]] = {}
+
+        self._forbidden: dict[int, set[WorkerName]] = {}
+        self._avoid: dict[int, set[WorkerName]] = {}
+        self._preferred_on: dict[WorkerName, dict[int, float]] = {}
+
+        self._live: dict[WorkerName, None] = {}
+        self._running: dict[WorkerName, set[int]] = {}
+        self._global: list[tuple[Any, int, int]] = []  # (priority, index, ready version)
+        self._restricted: dict[WorkerName, list[tuple[Any, int, int]]] = {}
+        self._pref: dict[WorkerName, list[tuple[float, int, int]]] = {}
+        self._idle: set[WorkerName] = set()
+
+        self._succeeded = 0
+        self._ready = 0
+        self._running_count = 0
+        self._retried = 0
+        self._recomputed = 0
+        self._lost_runs = 0
+        self._closed = False
+        self._started = False
+
+        for w in workers:
+            self._live[w] = None
+            self._running[w] = set()
+        if locality:
+            for tid, per_worker in locality.items():
+                if tid in index:
+                    for w, value in per_worker.items():
+                        self._set_locality(index[tid], w, value)
+
+    # ----------------------------------------------------------------------------------- events
+
+    def start(self) -> list[Decision]:
+        """Emit the already-succeeded tasks and dispatch the first runs."""
+        if self._started:
+            raise RuntimeError("the scheduler core was started already")
+        self._started = True
+        out: list[Decision] = []
+        if not self._live and not self.wait_for_workers:
+            return self._fail(SchedulingError("no workers available"), out)
+        for i in range(len(self._ids)):
+            if i in self._initially_done:
+                self._state[i] = _SUCCEEDED
+                self._ever_succeeded[i] = True
+                self._succeeded += 1
+        for i in range(len(self._ids)):
+            if self._state[i] == _SUCCEEDED:
+                self._emit(i, out)
+                continue
+            remaining = 0
+            for j in self._deps[i]:
+                if self._state[j] != _SUCCEEDED:
+                    remaining += 1
+            self._remaining[i] = remaining
+        if self._live:
+            for i in self._forbidden:
+                if self._state[i] != _SUCCEEDED and self._nowhere_to_run(i):
+                    return self._fail(self._forbidden_error(i), out)
+        for i in range(len(self._ids)):
+            if self._state[i] != _SUCCEEDED and self._remaining[i] == 0:
+                self._make_ready(i)
+        return self._finish_step(out)
+
+    def task_succeeded(self, task: TaskId, run: int) -> list[Decision]:
+        """Run ``run`` of ``task`` completed; its output now lives on the worker it ran on."""
+        out: list[Decision] = []
+        i = self._current_run(task, run)
+        if i is None:
+            return out
+        worker = self._stop_run(i)
+        self._mark_succeeded(i, worker, out)
+        return self._finish_step(out)
+
+    def task_failed(
+        self, task: TaskId, run: int, error: BaseException, kind: FailureKind = FailureKind.ERROR
+    ) -> list[Decision]:
+        """Run ``run`` of ``task`` failed."""
+        out: list[Decision] = []
+        i = self._current_run(task, run)
+        if i is None:
+            return out
+        worker = self._stop_run(i)
+        if kind is FailureKind.LOST:
+            self._lost_runs += 1
+            self._requeue(i)
+            self._lose_worker(worker, out)
+        elif kind is FailureKind.REQUEUE:
+            self._requeue(i)
+        else:
+            self._failures[i] += 1
+            if self._failures[i] >= self._attempts[i]:
+                return self._fail(error, out, task=self._ids[i])
+            self._retried += 1
+            self._avoid.setdefault(i, set()).add(worker)
+            self._requeue(i)
+        return self._finish_step(out)
+
+    def dependencies_failed(
+        self,
+        task: TaskId,
+        run: int,
+        failures: Mapping[WorkerName | None, Iterable[TaskId]],
+    ) -> list[Decision]:
+        """Run ``run`` of ``task`` could not obtain outputs of other tasks.
+
+        ``failures`` maps the worker that held them (``None``: never computed anywhere) to task
+        ids. Outputs that really were on that worker are recomputed; reports about outputs that
+        were recomputed elsewhere since are stale and ignored. The reporter runs again once
+        everything it named is available. Nothing is charged as an attempt.
+        """
+        out: list[Decision] = []
+        i = self._current_run(task, run)
+        if i is None:
+            return out
+        self._stop_run(i)
+        named = [(w, d) for w, ids in failures.items() for d in ids]
+        unknown = [d for _, d in named if d not in self._index]
+        if unknown:
+            return self._fail(
+                SchedulingError(
+                    f"task {task!r} reported lost dependencies {unknown!r}, "
+                    "which are not tasks of this job",
+                    task,
+                ),
+                out,
+                task=task,
+            )
+        self._dep_failures[i] += 1
+        if self._dep_failures[i] > MAX_DEPENDENCY_FAILURES:
+            return self._fail(
+                SchedulingError(
+                    f"task {task!r} reported lost dependencies {self._dep_failures[i]} times; "
+                    "their outputs keep disappearing (are the holding workers restarting?)",
+                    task,
+                ),
+                out,
+                task=task,
+            )
+        direct = set(self._deps[i])
+        for w, d in named:
+            j = self._index[d]
+            holder = self._holder[j]
+            if self._state[j] == _SUCCEEDED and (w is None or holder is None or holder == w):
+                self._unsucceed(j)
+            if self._state[j] != _SUCCEEDED and j not in direct:
+                waiters = self._waiters.setdefault(j, set())
+                if i not in waiters:
+                    waiters.add(i)
+                    self._remaining[i] += 1
+        self._requeue(i)
+        return self._finish_step(out)
+
+    def output_lost(self, task: TaskId) -> list[Decision]:
+        """The output of a succeeded ``task`` is gone (``mark_failed(FailedDependency())``)."""
+        out: list[Decision] = []
+        i = self._index.get(task)
+        if i is None or self._closed or self._state[i] != _SUCCEEDED:
+            return out
+        self._unsucceed(i)
+        return self._finish_step(out)
+
+    def worker_added(
+        self, worker: WorkerName, locality: Mapping[TaskId, float] | None = None
+    ) -> list[Decision]:
+        """A worker joined (or came back); ``locality`` maps task ids to its locality there."""
+        out: list[Decision] = []
+        if self._closed or worker in self._live:
+            return out
+        self._live[worker] = None
+        self._running[worker] = set()
+        self._forget_worker_locality(worker)
+        if locality:
+            for tid, value in locality.items():
+                i = self._index.get(tid)
+                if i is not None:
+                    self._set_locality(i, worker, value)
+        # Constrained ready tasks that may run here must be offered to this worker too.
+        for i in self._forbidden:
+            if self._state[i] == _READY and worker not in self._forbidden[i]:
+                heapq.heappush(
+                    self._restricted.setdefault(worker, []),
+                    (self._prio[i], i, self._ready_ver[i]),
+                )
+        return self._finish_step(out)
+
+    def worker_lost(self, worker: WorkerName) -> list[Decision]:
+        """A worker is gone: its runs are abandoned (not charged) and run elsewhere."""
+        out: list[Decision] = []
+        if self._closed or worker not in self._live:
+            return out
+        self._lose_worker(worker, out)
+        return self._finish_step(out)
+
+    def cancel(self) -> list[Decision]:
+        """Stop the job: cancel every run and dispatch nothing more."""
+        out: list[Decision] = []
+        if self._closed:
+            return out
+        self._cancel_all(out)
+        self._closed = True
+        out.append(Cancelled())
+        return out
+
+    # ------------------------------------------------------------------------------ inspection
+
+    @property
+    def closed(self) -> bool:
+        """True once the job finished, failed or was cancelled."""
+        return self._closed
+
+    @property
+    def workers(self) -> list[WorkerName]:
+        """The live workers, in the order they joined."""
+        return list(self._live)
+
+    def counts(self) -> Counts:
+        n = len(self._ids)
+        return Counts(
+            total=n,
+            succeeded=self._succeeded,
+            running=self._running_count,
+            ready=self._ready,
+            blocked=n - self._succeeded - self._running_count - self._ready,
+            retried=self._retried,
+            recomputed=self._recomputed,
+            lost_runs=self._lost_runs,
+        )
+
+    def holder(self, task: TaskId) -> WorkerName | None:
+        """The worker that holds the output of a succeeded task (None: not computed here)."""
+        return self._holder[self._index[task]]
+
+    def running_on(self, worker: WorkerName) -> list[TaskId]:
+        return [self._ids[i] for i in self._running.get(worker, ())]
+
+    def failures(self, task: TaskId) -> int:
+        """Ordinary failures charged to ``task`` so far."""
+        return self._failures[self._index[task]]
+
+    # -------------------------------------------------------------------------------- internal
+
+    def _current_run(self, task: TaskId, run: int) -> int | None:
+        if self._closed:
+            return None
+        i = self._index.get(task)
+        if i is None or self._state[i] != _RUNNING or self._run[i] != run:
+            return None
+        return i
+
+    def _stop_run(self, i: int) -> WorkerName:
+        worker = self._running_on[i]
+        assert worker is not None
+        self._running_on[i] = None
+        self._running[worker].discard(i)
+        self._running_count -= 1
+        self._state[i] = _BLOCKED
+        if worker in self._live:
+            self._idle.discard(worker)
+        return worker
+
+    def _mark_succeeded(self, i: int, worker: WorkerName | None, out: list[Decision]) -> None:
+        self._state[i] = _SUCCEEDED
+        self._holder[i] = worker
+        self._succeeded += 1
+        if self._ever_succeeded[i]:
+            self._recomputed += 1
+        self._ever_succeeded[i] = True
+        self._emit(i, out)
+        state = self._state
+        remaining = self._remaining
+        for k in self._dependents[i]:
+            remaining[k] -= 1
+            if remaining[k] == 0 and state[k] == _BLOCKED:
+                self._make_ready(k)
+        waiters = self._waiters.pop(i, None)
+        if waiters:
+            for k in waiters:
+                remaining[k] -= 1
+                if remaining[k] == 0 and state[k] == _BLOCKED:
+                    self._make_ready(k)
+
+    def _unsucceed(self, j: int) -> None:
+        """The output of succeeded task ``j`` is lost: run it again before its dependents."""
+        self._succeeded -= 1
+        self._holder[j] = None
+        state = self._state
+        for k in self._dependents[j]:
+            self._remaining[k] += 1
+            if state[k] == _READY:
+                state[k] = _BLOCKED
+                self._ready -= 1
+        state[j] = _BLOCKED
+        if self._remaining[j] == 0:
+            self._make_ready(j)
+
+    def _requeue(self, i: int) -> None:
+        if self._remaining[i] == 0:
+            self._make_ready(i)
+
+    def _make_ready(self, i: int) -> None:
+        self._state[i] = _READY
+        self._ready += 1
+        self._ready_ver[i] += 1
+        entry = (self._prio[i], i, self._ready_ver[i])
+        forbidden = self._forbidden.get(i)
+        if forbidden:
+            for w in self._live:
+                if w not in forbidden:
+                    heapq.heappush(self._restricted.setdefault(w, []), entry)
+        else:
+            heapq.heappush(self._global, entry)
+        for w, pref in self._preferred_on.items():
+            value = pref.get(i)
+            if value is not None and w in self._live:
+                heapq.heappush(self._pref.setdefault(w, []), (-value, i, self._ready_ver[i]))
+        self._idle.clear()
+
+    def _emit(self, i: int, out: list[Decision]) -> None:
+        if not self._emitted[i]:
+            self._emitted[i] = True
+            out.append(Emit(self._ids[i]))
+
+    def _set_locality(self, i: int, worker: WorkerName, value: float) -> None:
+        if value < 0:
+            self._forbidden.setdefault(i, set()).add(worker)
+        elif value > 0:
+            self._preferred_on.setdefault(worker, {})[i] = value
+
+    def _forget_worker_locality(self, worker: WorkerName) -> None:
+        self._preferred_on.pop(worker, None)
+        self._pref.pop(worker, None)
+        self._restricted.pop(worker, None)
+        for forbidden in self._forbidden.values():
+            forbidden.discard(worker)
+        for avoid in self._avoid.values():
+            avoid.discard(worker)
+
+    def _nowhere_to_run(self, i: int) -> bool:
+        forbidden = self._forbidden.get(i)
+        return forbidden is not None and all(w in forbidden for w in self._live)
+
+    def _forbidden_error(self, i: int) -> SchedulingError:
+        tid = self._ids[i]
+        return SchedulingError(
+            f"task {tid!r} cannot run on any available worker: its locality forbids "
+            f"{sorted(self._live)} (check the task's required locality against the workers)",
+            tid,
+        )
+
+    def _lose_worker(self, worker: WorkerName, out: list[Decision]) -> None:
+        if worker not in self._live:
+            return
+        del self._live[worker]
+        self._idle.discard(worker)
+        self._pref.pop(worker, None)
+        self._restricted.pop(worker, None)
+        for i in list(self._running[worker]):
+            out.append(Cancel(self._ids[i], worker, self._run[i]))
+            self._stop_run(i)
+            self._lost_runs += 1
+            self._requeue(i)
+        del self._running[worker]
+        if not self._live:
+            if not self.wait_for_workers:
+                self._fail(SchedulingError("all workers were lost; the job cannot complete"), out)
+            return
+        for i in self._forbidden:
+            if self._state[i] != _SUCCEEDED and self._nowhere_to_run(i):
+                self._fail(self._forbidden_error(i), out)
+                return
+
+    def _eligible(self, i: int, worker: WorkerName) -> bool:
+        forbidden = self._forbidden.get(i)
+        if forbidden and worker in forbidden:
+            return False
+        avoid = self._avoid.get(i)
+        if avoid and worker in avoid:
+            # Prefer another worker for a retry; fall back when no other may run it.
+            for w in self._live:
+                if w not in avoid and not (forbidden and w in forbidden):
+                    return False
+        return True
+
+    def _pop_valid(self, heap: list[tuple[Any, int, int]], worker: WorkerName) -> int | None:
+        """Pop the best entry of ``heap`` that is ready and eligible on ``worker``."""
+        state = self._state
+        ver = self._ready_ver
+        skipped = []
+        found = None
+        while heap:
+            _, i, v = heap[0]
+            if state[i] != _READY or ver[i] != v:
+                heapq.heappop(heap)
+                continue
+            if self._eligible(i, worker):
+                heapq.heappop(heap)
+                found = i
+                break
+            skipped.append(heapq.heappop(heap))
+        for entry in skipped:
+            heapq.heappush(heap, entry)
+        return found
+
+    def _peek_valid(self, heap: list[tuple[Any, int, int]], worker: WorkerName) -> Any:
+        state = self._state
+        ver = self._ready_ver
+        while heap:
+            _, i, v = heap[0]
+            if state[i] != _READY or ver[i] != v:
+                heapq.heappop(heap)
+                continue
+            if not self._eligible(i, worker):
+                return None  # rare (retries avoiding this worker): let _pop_valid scan
+            return heap[0]
+        return None
+
+    def _select(self, worker: WorkerName) -> int | None:
+        pref = self._pref.get(worker)
+        if pref:
+            i = self._pop_valid(pref, worker)
+            if i is not None:
+                return i
+        restricted = self._restricted.get(worker)
+        glob = self._global
+        if restricted and glob:
+            top_r = self._peek_valid(restricted, worker)
+            top_g = self._peek_valid(glob, worker)
+            if top_r is not None and top_g is not None:
+                return self._pop_valid(restricted if top_r < top_g else glob, worker)
+        if restricted:
+            i = self._pop_valid(restricted, worker)
+            if i is not None:
+                return i
+        return self._pop_valid(glob, worker) if glob else None
+
+    def _dispatch(self, i: int, worker: WorkerName, out: list[Decision]) -> None:
+        self._state[i] = _RUNNING
+        self._ready -= 1
+        self._run[i] += 1
+        self._running_on[i] = worker
+        self._running[worker].add(i)
+        self._running_count += 1
+        out.append(Dispatch(self._ids[i], worker, self._run[i]))
+
+    def _fill(self, out: list[Decision]) -> None:
+        concurrency = self.concurrency
+        for w in self._live:
+            if not self._ready:
+                return
+            if w in self._idle:
+                continue
+            running = self._running[w]
+            while len(running) < concurrency and self._ready:
+                i = self._select(w)
+                if i is None:
+                    self._idle.add(w)
+                    break
+                self._dispatch(i, w, out)
+
+    def _finish_step(self, out: list[Decision]) -> list[Decision]:
+        if self._closed:
+            return out
+        if self._succeeded == len(self._ids):
+            self._cancel_all(out)
+            self._closed = True
+            out.append(Finished())
+            return out
+        self._fill(out)
+        return out
+
+    def _cancel_all(self, out: list[Decision]) -> None:
+        for w, running in self._running.items():
+            for i in list(running):
+                out.append(Cancel(self._ids[i], w, self._run[i]))
+                self._stop_run(i)
+
+    def _fail(
+        self, error: BaseException, out: list[Decision], task: TaskId | None = None
+    ) -> list[Decision]:
+        if not self._closed:
+            self._cancel_all(out)
+            self._closed = True
+            out.append(Failed(error, task if task is not None else getattr(error, "task", None)))
+        return out

@@ -1,0 +1,333 @@
+"""Jobs and tasks: what the caller builds and the scheduler runs.
+
+A :class:`Job` is a list of :class:`Task` objects whose ``dependencies``/``dependents`` sets form a
+DAG. A task's state lives in its ``future``; the scheduler attaches to the future it installs in
+:meth:`Task.execute`, so a task may complete on any thread. :class:`RmiTask` runs a Python callable
+on a worker; :class:`ResultOf` inside its arguments stands for the result of another task.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from bndl.execute.context import ExecutionContext
+    from bndl.execute.workers import Worker
+
+_job_ids = itertools.count(1)
+
+
+class SchedulerHandle(Protocol):
+    """What a task may ask of the scheduler that runs it."""
+
+    def holder_of(self, task: Task) -> Worker | None:
+        """The worker holding ``task``'s output in this job (None: not computed by it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ResultOf:
+    """Stands for the result of task ``task_id`` anywhere inside an :class:`RmiTask`'s arguments.
+
+    The task must also be among the RmiTask's dependencies. On a worker it is replaced by the
+    value, fetched from the worker that computed it.
+    """
+
+    task_id: Hashable
+
+
+class Job:
+    """A set of tasks executed together by :meth:`ExecutionContext.execute`."""
+
+    def __init__(
+        self,
+        ctx: ExecutionContext | None,
+        tasks: Sequence[Task] | None = None,
+        name: str | None = None,
+        desc: str | None = None,
+    ) -> None:
+        self.id = next(_job_ids)
+        self.ctx = ctx
+        self.tasks: list[Task] = list(tasks or ())
+        self.name = name or f"job {self.id}"
+        self.desc = desc
+        self._groups: dict[str, list[Task]] = {}
+
+    def group(self, name: str) -> list[Task]:
+        """The tasks whose ``group`` is ``name``."""
+        group = self._groups.get(name)
+        if group is None:
+            group = self._groups[name] = [t for t in self.tasks if t.group == name]
+        return group
+
+    def cancel(self) -> None:
+        """Cancel every task that has not finished."""
+        for task in self.tasks:
+            task.cancel()
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.name!r} tasks={len(self.tasks)}>"
+
+
+class Task:
+    """One unit of work; subclasses implement :meth:`execute`.
+
+    ``priority``: lower runs first among ready tasks; None means the task's position in the job.
+    Add dependencies with :meth:`depends_on` (it keeps both directions in step).
+    """
+
+    def __init__(
+        self,
+        ctx: ExecutionContext | None,
+        task_id: Hashable,
+        *,
+        priority: Any = None,
+        name: str | None = None,
+        desc: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        self.ctx = ctx
+        self.id = task_id
+        self.priority = priority
+        self.name = name or f"task {_format_id(task_id)}"
+        self.desc = desc or f"unknown task {_format_id(task_id)}"
+        self.group = group
+        self.future: Future[Any] | None = None
+        self.dependencies: set[Task] = set()
+        self.dependents: set[Task] = set()
+        self.executed_on: list[str] = []
+        self.attempts = 0
+        self.cancelled = False
+        self._kept: Future[Any] | None = None  # first successful run, kept across re-runs
+        self._listeners: list[Callable[[Task], None]] = []
+
+    # -------------------------------------------------------------------------- dependencies
+
+    def depends_on(self, *tasks: Task) -> Task:
+        """Make this task depend on ``tasks``; returns self."""
+        for task in tasks:
+            self.dependencies.add(task)
+            task.dependents.add(self)
+        return self
+
+    # ---------------------------------------------------------------------------- execution
+
+    def execute(self, scheduler: SchedulerHandle, worker: Worker) -> None:
+        """Start the task on ``worker``: call :meth:`set_executing`, install ``self.future``.
+
+        Must not block; the future completes (on any thread) when the work is done.
+        """
+        raise NotImplementedError
+
+    def locality(self, workers: Iterable[Worker]) -> Iterable[tuple[Worker, float]]:
+        """(worker, locality) pairs: 0 indifferent, negative forbidden, positive preferred."""
+        return ()
+
+    def set_executing(self, worker: Worker) -> None:
+        if self.cancelled:
+            raise CancelledError(f"{self!r} was cancelled")
+        if self.pending:
+            raise RuntimeError(f"{self!r} is already executing")
+        if self.succeeded:
+            self._kept = self.future
+        self.executed_on.append(worker.name)
+        self.attempts += 1
+
+    # -------------------------------------------------------------------------------- state
+
+    @property
+    def started(self) -> bool:
+        return self.future is not None
+
+    @property
+    def done(self) -> bool:
+        return self.future is not None and self.future.done()
+
+    @property
+    def pending(self) -> bool:
+        return self.future is not None and not self.future.done()
+
+    @property
+    def succeeded(self) -> bool:
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is None
+
+    @property
+    def failed(self) -> bool:
+        f = self.future
+        return f is not None and f.done() and not f.cancelled() and f.exception() is not None
+
+    def mark_done(self, result: Any = None) -> None:
+        """Complete the task with ``result`` unless it is done already."""
+        if self.done:
+            return
+        future: Future[Any] = Future()
+        future.set_result(result)
+        self.future = future
+        self._signal_stop()
+
+    def mark_failed(self, exc: BaseException) -> None:
+        """Fail the task with ``exc`` (for example ``FailedDependency()``: its output is lost)."""
+        future: Future[Any] = Future()
+        future.set_exception(exc)
+        self.future = future
+        self._signal_stop()
+
+    def result(self) -> Any:
+        """The task's result (blocks until available); raises the task's exception."""
+        future = self._result_future()
+        if future is None:
+            raise RuntimeError(f"{self!r} has not been executed")
+        return future.result()
+
+    def exception(self) -> BaseException | None:
+        future = self._result_future()
+        if future is None:
+            raise RuntimeError(f"{self!r} has not been executed")
+        return future.exception()
+
+    def _result_future(self) -> Future[Any] | None:
+        f = self.future
+        if self._kept is not None and not (f is not None and f.done() and self.succeeded):
+            return self._kept
+        return f
+
+    def executed_on_last(self) -> str | None:
+        return self.executed_on[-1] if self.executed_on else None
+
+    def cancel(self) -> None:
+        """Cancel the task: stop it if it is running, and never run it again."""
+        if not self.done:
+            self.cancelled = True
+        self.stop_run()
+
+    def stop_run(self) -> None:
+        """Stop the current run, if any, without cancelling the task (best effort)."""
+
+    def release(self) -> None:
+        """Drop references to other tasks after the job, keeping the result."""
+        self.dependencies = set()
+        self.dependents = set()
+        del self.executed_on[:-1]
+        self._listeners.clear()
+
+    # ------------------------------------------------------------------------------ signals
+
+    def add_listener(self, listener: Callable[[Task], None]) -> None:
+        """Call ``listener(task)`` when the task is marked done or failed from outside a run."""
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[Task], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    def _signal_stop(self) -> None:
+        for listener in list(self._listeners):
+            listener(self)
+
+    def __repr__(self) -> str:
+        state = ""
+        if self.failed:
+            state = " failed"
+        elif self.done:
+            state = " done"
+        elif self.pending:
+            state = " pending"
+        return f"<{type(self).__name__} {_format_id(self.id)}{state}>"
+
+
+class RmiTask(Task):
+    """Runs ``method(*args, **kwargs)`` on a worker.
+
+    ``method`` and its arguments travel with cloudpickle, so the worker needs the modules they
+    refer to. :class:`ResultOf` markers in ``args``/``kwargs`` are replaced by those results.
+    """
+
+    def __init__(
+        self,
+        ctx: ExecutionContext | None,
+        task_id: Hashable,
+        method: Callable[..., Any],
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        *,
+        priority: Any = None,
+        name: str | None = None,
+        desc: str | None = None,
+        group: str | None = None,
+    ) -> None:
+        super().__init__(
+            ctx,
+            task_id,
+            priority=priority,
+            name=name or getattr(method, "__name__", None),
+            desc=desc,
+            group=group,
+        )
+        self.method = method
+        self.args = tuple(args)
+        self.kwargs = dict(kwargs or {})
+        self.key: str = ""  # set by the scheduler: unique in the job, prefixed by the job's key
+        self.run_key: str = ""  # the key of the latest run: where its worker keeps the result
+        self._worker: Worker | None = None
+        self._has_refs = _contains_refs(self.args) or _contains_refs(self.kwargs)
+
+    def execute(self, scheduler: SchedulerHandle, worker: Worker) -> None:
+        self.set_executing(worker)
+        args: Any = self.args
+        kwargs: Any = self.kwargs
+        if self._has_refs:
+            deps = {d.id: d for d in self.dependencies}
+
+            def resolve(ref: ResultOf) -> Any:
+                dep = deps.get(ref.task_id)
+                if dep is None:
+                    raise ValueError(
+                        f"{self!r} uses the result of {ref.task_id!r} without depending on it"
+                    )
+                return worker.reference(dep, scheduler.holder_of(dep))
+
+            args = _replace_refs(args, resolve)
+            kwargs = _replace_refs(kwargs, resolve)
+        self._worker = worker
+        self.run_key = f"{self.key or _format_id(self.id)}.{self.attempts}"
+        self.future = worker.run(self.run_key, self.method, args, kwargs, bool(self.dependents))
+
+    def stop_run(self) -> None:
+        if self.pending and self._worker is not None:
+            self._worker.cancel(self.run_key)
+
+    def release(self) -> None:
+        super().release()
+        self._worker = None
+
+
+def _format_id(task_id: Hashable) -> str:
+    if isinstance(task_id, tuple):
+        return ".".join(map(str, task_id))
+    return str(task_id)
+
+
+def _contains_refs(value: Any) -> bool:
+    if isinstance(value, ResultOf):
+        return True
+    if isinstance(value, (list, tuple)):
+        return any(_contains_refs(v) for v in value)
+    if isinstance(value, dict):
+        return any(_contains_refs(v) for v in value.values())
+    return False
+
+
+def _replace_refs(value: Any, resolve: Callable[[ResultOf], Any]) -> Any:
+    if isinstance(value, ResultOf):
+        return resolve(value)
+    if isinstance(value, list):
+        return [_replace_refs(v, resolve) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_replace_refs(v, resolve) for v in value)
+    if isinstance(value, dict):
+        return {k: _replace_refs(v, resolve) for k, v in value.items()}
+    return value

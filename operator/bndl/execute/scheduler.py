@@ -1,0 +1,286 @@
+"""The thread-safe shell around the scheduler core for one job.
+
+Events arrive on whatever thread completes a task's future (a worker's thread, the HTTP client's
+event loop). The shell serialises them under one lock, feeds them to the pure
+:class:`~bndl.execute.core.SchedulerCore`, and carries out its decisions: start a task on a
+worker, stop a run, hand a task to the consumer (``done``), end the job. An event raised while
+another is being handled on the same thread (a task that completes synchronously) is queued, not
+handled recursively, so decisions are applied in order.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from concurrent.futures import CancelledError, Future
+from functools import partial
+from typing import Any
+
+from bndl.execute import core
+from bndl.execute.core import FailureKind, SchedulingError
+from bndl.execute.exceptions import DependenciesFailed, NotConnected
+from bndl.execute.job import RmiTask, Task
+from bndl.execute.workers import Worker
+
+log = logging.getLogger(__name__)
+
+__all__ = ["FailedDependency", "Scheduler", "SchedulingError", "root_exc"]
+
+
+class FailedDependency(Exception):
+    """Marks a task's output as lost; with ``worker``, that worker is lost too.
+
+    ``task.mark_failed(FailedDependency())`` on a succeeded task makes the scheduler run it again
+    before any of its dependents that still have to run.
+    """
+
+    def __init__(self, worker: str | None = None) -> None:
+        super().__init__(worker)
+        self.worker = worker
+
+
+def root_exc(exc: BaseException) -> BaseException:
+    """The exception that a transport wrapper (remote invocation error) carries."""
+    while getattr(exc, "wrapped_remote", False) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+Done = Callable[[Any], None]
+
+
+class Scheduler:
+    """Runs one job's tasks on ``workers``.
+
+    ``done`` is called with each task on its first success, with an exception when the job fails,
+    and finally with ``None``.
+    """
+
+    def __init__(
+        self,
+        tasks: Sequence[Task],
+        done: Done,
+        workers: Iterable[Worker],
+        concurrency: int = 1,
+        attempts: int = 1,
+        *,
+        wait_for_workers: bool = False,
+        job_key: str | None = None,
+    ) -> None:
+        if not tasks:
+            raise ValueError("a job needs at least one task")
+        self._workers: dict[str, Worker] = {}
+        for w in workers:
+            self._workers[w.name] = w
+        if not self._workers and not wait_for_workers:
+            raise SchedulingError("no workers available")
+        self.tasks = list(tasks)
+        self._tasks: dict[Hashable, Task] = {}
+        for t in self.tasks:
+            if t.id in self._tasks:
+                raise ValueError(f"duplicate task id {t.id!r}")
+            self._tasks[t.id] = t
+        self.job_key = job_key or uuid.uuid4().hex[:12]
+        self._done = done
+        self._lock = threading.RLock()
+        self._events: deque[tuple[Callable[..., list[core.Decision]], tuple[Any, ...]]] = deque()
+        self._busy = False
+        self._finished = threading.Event()
+        self.error: BaseException | None = None
+        self._core = core.SchedulerCore(
+            self._specs(),
+            list(self._workers),
+            concurrency=concurrency,
+            attempts=attempts,
+            locality=self._locality(list(self._workers.values())),
+            succeeded=[t.id for t in self.tasks if t.succeeded],
+            wait_for_workers=wait_for_workers,
+        )
+        for n, t in enumerate(self.tasks):
+            if isinstance(t, RmiTask):
+                t.key = f"{self.job_key}/{n}"
+            t.add_listener(self._on_marked)
+
+    def _specs(self) -> list[core.TaskSpec]:
+        specs = []
+        for t in self.tasks:
+            deps = []
+            for d in t.dependencies:
+                if d.id in self._tasks and self._tasks[d.id] is d:
+                    deps.append(d.id)
+                elif not d.succeeded:
+                    raise ValueError(
+                        f"{t!r} depends on {d!r}, which is not part of the job and has not "
+                        "succeeded: add it to the job"
+                    )
+            specs.append(core.TaskSpec(t.id, deps, t.priority))
+        return specs
+
+    def _locality(self, workers: list[Worker]) -> dict[Hashable, dict[str, float]]:
+        locality: dict[Hashable, dict[str, float]] = {}
+        for t in self.tasks:
+            for worker, value in t.locality(workers):
+                if worker.name not in self._workers:
+                    raise ValueError(f"{t!r} gave a locality for unknown worker {worker.name!r}")
+                if value:
+                    locality.setdefault(t.id, {})[worker.name] = value
+        return locality
+
+    # --------------------------------------------------------------------------- public API
+
+    def start(self) -> None:
+        """Dispatch the first tasks; returns at once."""
+        self._feed(self._core.start)
+
+    def run(self) -> None:
+        """Start and wait until the job finished, failed or was aborted."""
+        self.start()
+        self._finished.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._finished.wait(timeout)
+
+    @property
+    def finished(self) -> bool:
+        return self._finished.is_set()
+
+    def abort(self, exc: BaseException | None = None) -> None:
+        """Cancel every running task and start nothing more."""
+        if exc is not None and self.error is None:
+            self.error = exc
+        self._feed(self._core.cancel)
+
+    def add_worker(self, worker: Worker) -> None:
+        """A worker joined (or came back)."""
+        with self._lock:
+            self._workers[worker.name] = worker
+        locality = {t.id: v for t in self.tasks for w, v in t.locality([worker]) if v}
+        self._feed(self._core.worker_added, worker.name, locality)
+
+    def lose_worker(self, name: str) -> None:
+        """A worker is gone: its runs are abandoned and run elsewhere."""
+        self._feed(self._core.worker_lost, name)
+
+    def holder_of(self, task: Task) -> Worker | None:
+        name = self._core.holder(task.id)
+        return self._workers.get(name) if name is not None else None
+
+    def counts(self) -> core.Counts:
+        with self._lock:
+            return self._core.counts()
+
+    @property
+    def workers(self) -> list[Worker]:
+        with self._lock:
+            return [self._workers[n] for n in self._core.workers]
+
+    # ------------------------------------------------------------------------------ events
+
+    def _feed(self, handler: Callable[..., list[core.Decision]], *args: Any) -> None:
+        with self._lock:
+            self._events.append((handler, args))
+            if self._busy:
+                return
+            self._busy = True
+            try:
+                while self._events:
+                    handler, args = self._events.popleft()
+                    if self._finished.is_set():
+                        continue
+                    try:
+                        decisions = handler(*args)
+                    except Exception as e:  # a bug in the core must end the job, not hang it
+                        log.exception("scheduler failed")
+                        decisions = [*self._core.cancel(), core.Failed(e)]
+                    self._apply(decisions)
+            finally:
+                self._busy = False
+
+    def _apply(self, decisions: list[core.Decision]) -> None:
+        for d in decisions:
+            kind = type(d)
+            if kind is core.Dispatch:
+                self._dispatch(d)  # type: ignore[arg-type]
+            elif kind is core.Emit:
+                self._done(self._tasks[d.task])  # type: ignore[union-attr]
+            elif kind is core.Cancel:
+                self._tasks[d.task].stop_run()  # type: ignore[union-attr]
+            elif kind is core.Finished:
+                self._close(None)
+            elif kind is core.Failed:
+                self._close(d.error)  # type: ignore[union-attr]
+            elif kind is core.Cancelled:
+                self._close(self.error or CancelledError("the job was cancelled"))
+
+    def _dispatch(self, d: core.Dispatch) -> None:
+        task = self._tasks[d.task]
+        worker = self._workers[d.worker]
+        try:
+            task.execute(self, worker)
+            future = task.future
+            if future is None:
+                raise RuntimeError(f"{type(task).__name__}.execute installed no future")
+        except CancelledError:
+            if self.error is None:
+                self.error = SchedulingError(f"{task!r} was cancelled and cannot run", d.task)
+            self._events.append((self._core.cancel, ()))
+            return
+        except Exception as e:
+            self._events.append((self._core.task_failed, (d.task, d.run, e, FailureKind.ERROR)))
+            return
+        future.add_done_callback(partial(self._on_run_done, d.task, d.run))
+
+    def _on_run_done(self, task_id: Hashable, run: int, future: Future[Any]) -> None:
+        if future.cancelled():
+            self._feed(self._core.task_failed, task_id, run, CancelledError(), FailureKind.REQUEUE)
+            return
+        exc = future.exception()
+        if exc is None:
+            self._feed(self._core.task_succeeded, task_id, run)
+            return
+        root = root_exc(exc)
+        if isinstance(root, NotConnected):
+            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.LOST)
+        elif isinstance(root, DependenciesFailed):
+            self._feed(self._core.dependencies_failed, task_id, run, root.failures)
+        elif isinstance(root, FailedDependency):
+            if root.worker is not None:
+                self._feed(self._core.worker_lost, root.worker)
+            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
+        else:
+            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.ERROR)
+
+    def _on_marked(self, task: Task) -> None:
+        """A task was marked done or failed from outside a run."""
+        if task.failed:
+            root = root_exc(task.exception())  # type: ignore[arg-type]
+            if isinstance(root, FailedDependency):
+                if root.worker is not None:
+                    self._feed(self._core.worker_lost, root.worker)
+                self._feed(self._core.output_lost, task.id)
+
+    def _close(self, error: BaseException | None) -> None:
+        if self._finished.is_set():
+            return
+        if error is not None and self.error is None:
+            self.error = error
+        for t in self.tasks:
+            t.remove_listener(self._on_marked)
+        self._finished.set()
+        try:
+            if error is not None:
+                self._done(error)
+            self._done(None)
+        finally:
+            self._release_results()
+
+    def _release_results(self) -> None:
+        prefix = self.job_key + "/"
+        for worker in self._workers.values():
+            try:
+                worker.release(prefix)
+            except Exception:  # best effort: a gone worker holds nothing
+                log.debug("release on %s failed", worker.name, exc_info=True)

@@ -1,0 +1,1 @@
+"""The embedded cluster: worker processes on this machine, driven over HTTP."""
