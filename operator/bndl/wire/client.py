@@ -1,0 +1,309 @@
+"""The driver's (and peers') side of the protocol: one async client per worker.
+
+All clients of a driver share ONE long-lived ``aiohttp.ClientSession`` (:func:`create_session`),
+so connections are pooled and kept alive. Every request goes through
+:meth:`WorkerClient._exchange`, the single choke point that signs the request, applies timeouts and
+maps failures: transport failures become ``NotConnected`` (the worker counts as lost), refusals
+become a :class:`~bndl.wire.errors.ProtocolError` subclass carrying the server's message.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import tempfile
+import tracemalloc
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypedDict
+from urllib.parse import quote
+
+import aiohttp
+import cloudpickle
+import yappi
+from yarl import URL
+
+from bndl.wire import frames
+from bndl.wire.errors import (
+    TRANSPORT_ERRORS,
+    ProtocolError,
+    TaskNotDecodable,
+    not_connected,
+    protocol_error,
+)
+from bndl.wire.signing import sign
+from bndl.wire.tasks import (
+    DONE,
+    Completion,
+    TaskItem,
+    decode_outcome,
+    encode_run,
+    encode_task,
+    with_remote_traceback,
+)
+
+PICKLE_TYPE = "application/x-bndl-pickle"
+JSON_TYPE = "application/json"
+
+
+@dataclass(frozen=True, slots=True)
+class ClientSettings:
+    """Timeouts and pool limits of the driver's session and clients."""
+
+    connect_timeout: float = 5.0
+    """Seconds to get a connection (pool wait included) before the worker counts as lost."""
+    heartbeat_timeout: float = 5.0
+    """Seconds without any frame on a run stream before the worker counts as hung."""
+    request_timeout: float = 60.0
+    """Seconds without data on a non-streaming response (fetches of large results included)."""
+    limit: int = 1024
+    """Connections open at once in total (one per concurrent run stream or request)."""
+    limit_per_host: int = 256
+    """Connections open at once to one worker."""
+    keepalive_timeout: float = 60.0
+    """Seconds an idle pooled connection is kept."""
+
+
+def create_session(settings: ClientSettings | None = None) -> aiohttp.ClientSession:
+    """The one session a driver (or worker) shares between its clients; call from a coroutine."""
+    settings = settings or ClientSettings()
+    connector = aiohttp.TCPConnector(
+        limit=settings.limit,
+        limit_per_host=settings.limit_per_host,
+        keepalive_timeout=settings.keepalive_timeout,
+    )
+    timeout = aiohttp.ClientTimeout(
+        total=None, connect=settings.connect_timeout, sock_read=settings.request_timeout
+    )
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+class Held(TypedDict):
+    """What a worker reports it holds (results) and is running (task keys)."""
+
+    name: str
+    held: list[str]
+    running: list[str]
+
+
+class WorkerClient:
+    """Talks to one worker. Cheap to create; all state lives in the shared session."""
+
+    def __init__(
+        self,
+        name: str,
+        url: str,
+        secret: bytes,
+        session: aiohttp.ClientSession,
+        settings: ClientSettings | None = None,
+    ) -> None:
+        self.name = name
+        self.url = url.rstrip("/")
+        self._secret = secret
+        self._session = session
+        self.settings = settings or ClientSettings()
+        self._stream_timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=self.settings.connect_timeout,
+            sock_read=self.settings.heartbeat_timeout,
+        )
+
+    def __repr__(self) -> str:
+        return f"WorkerClient({self.name!r}, {self.url!r})"
+
+    @asynccontextmanager
+    async def _exchange(
+        self,
+        method: str,
+        path: str,
+        body: bytes = b"",
+        *,
+        content_type: str = PICKLE_TYPE,
+        timeout: aiohttp.ClientTimeout | None = None,
+        pickled_errors: bool = False,
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
+        """Send one signed request and yield its (successful) response.
+
+        ``pickled_errors``: a 500 response with a pickled body carries an exception raised by
+        remote code, which is raised here as itself (with its remote traceback).
+        """
+        headers = sign(self._secret, method, path, body)
+        if body:
+            headers["Content-Type"] = content_type
+        options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            async with self._session.request(
+                method,
+                URL(self.url + path, encoded=True),
+                data=body or None,
+                headers=headers,
+                **options,
+            ) as response:
+                if response.status >= 400:
+                    raise await self._refusal(response, pickled_errors)
+                yield response
+        except TRANSPORT_ERRORS as e:
+            raise not_connected(self.name, e) from e
+
+    async def _refusal(self, response: aiohttp.ClientResponse, pickled: bool) -> BaseException:
+        body = await response.read()
+        if pickled and response.content_type == PICKLE_TYPE:
+            try:
+                error, text = pickle.loads(body)
+            except Exception as e:
+                return ProtocolError(
+                    f"undecodable error from remote call: {type(e).__name__}: {e}", self.name
+                )
+            return with_remote_traceback(error, text)
+        try:
+            message = str(json.loads(body)["error"])
+        except (ValueError, KeyError, TypeError):
+            message = body.decode(errors="replace")[:1000] or response.reason or ""
+        return protocol_error(response.status, message, self.name)
+
+    async def _json(self, method: str, path: str, payload: Any = None) -> Any:
+        body = b"" if payload is None else json.dumps(payload).encode()
+        async with self._exchange(method, path, body, content_type=JSON_TYPE) as response:
+            return await response.json()
+
+    async def _bytes(self, method: str, path: str) -> bytes:
+        async with self._exchange(method, path) as response:
+            return await response.read()
+
+    # --- tasks -------------------------------------------------------------------------------
+
+    async def run(self, items: Sequence[TaskItem]) -> AsyncIterator[Completion]:
+        """Run tasks on the worker and yield their completions as they finish.
+
+        Tasks whose function or arguments cannot be pickled complete at once with the error.
+        Raises ``NotConnected`` when the worker cannot be reached, the stream breaks, or no frame
+        (result or heartbeat) arrives within ``heartbeat_timeout``.
+        """
+        encoded: list[tuple[TaskItem, bytes]] = []
+        pending: set[str] = set()
+        for item in items:
+            if item.key in pending:
+                raise ValueError(f"duplicate task key in one run request: {item.key!r}")
+            try:
+                encoded.append((item, encode_task(item)))
+            except Exception as e:
+                error = TaskNotDecodable(
+                    f"task {item.key} could not be pickled: {type(e).__name__}: {e}"
+                )
+                error.__cause__ = e
+                yield Completion(item.key, False, error)
+                continue
+            pending.add(item.key)
+        if not encoded:
+            return
+        async with self._exchange(
+            "POST", "/v1/run", encode_run(encoded), timeout=self._stream_timeout
+        ) as response:
+            read = response.content.readexactly
+            unpack = frames.HEADER.unpack
+            while pending:
+                (size,) = unpack(await read(frames.HEADER.size))
+                try:
+                    message = frames.decode(await read(size))
+                except frames.FrameError as e:
+                    raise ProtocolError(str(e), self.name) from e
+                if message[0] == DONE:
+                    _, key, ok, blob = message
+                    pending.discard(key)
+                    yield decode_outcome(key, ok, blob)
+            await response.read()  # consume the end of the stream so the connection is reused
+
+    async def cancel(self, keys: Iterable[str]) -> dict[str, list[str]]:
+        """Cancel tasks: ``{"interrupted": [...running keys], "remembered": [...others]}``.
+
+        Keys not running are remembered for a while, so a run request that arrives later (the
+        race) answers them with ``TaskCancelled`` without running them.
+        """
+        return await self._json("POST", "/v1/cancel", {"keys": list(keys)})  # type: ignore[no-any-return]
+
+    # --- results ------------------------------------------------------------------------------
+
+    async def fetch_bytes(self, key: str) -> bytes:
+        """The pickled result held under ``key``; ``NotFound`` if the worker does not hold it."""
+        return await self._bytes("GET", "/v1/results/" + quote(key, safe=""))
+
+    async def fetch(self, key: str) -> Any:
+        """The result held under ``key``; ``NotFound`` if the worker does not hold it."""
+        return pickle.loads(await self.fetch_bytes(key))
+
+    async def release(self, keys: Iterable[str] = (), prefix: str | None = None) -> int:
+        """Drop held results by key and/or key prefix; returns how many were dropped."""
+        payload: dict[str, Any] = {"keys": list(keys)}
+        if prefix is not None:
+            payload["prefix"] = prefix
+        reply = await self._json("POST", "/v1/results/release", payload)
+        return int(reply["released"])
+
+    async def held(self) -> Held:
+        """The keys of the results the worker holds and of the tasks it is running."""
+        return await self._json("GET", "/v1/held")  # type: ignore[no-any-return]
+
+    # --- calls, health, profiling -------------------------------------------------------------
+
+    async def call(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+        """Run a small function synchronously on the worker and return (or raise) its outcome."""
+        body = cloudpickle.dumps((fn, args, kwargs), frames.PROTOCOL)
+        async with self._exchange("POST", "/v1/call", body, pickled_errors=True) as response:
+            return pickle.loads(await response.read())
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz``: ``{"name": ..., "status": "alive"}``."""
+        return await self._json("GET", "/healthz")  # type: ignore[no-any-return]
+
+    async def ready(self) -> bool:
+        """Whether the worker accepts tasks (``GET /readyz``)."""
+        try:
+            await self._json("GET", "/readyz")
+        except ProtocolError:
+            return False
+        return True
+
+    async def cpu_profiling(self, action: str) -> None:
+        """``start``, ``stop`` or ``clear`` yappi's profiling on the worker."""
+        if action not in ("start", "stop", "clear"):
+            raise ValueError(f"unknown cpu profiling action {action!r}")
+        await self._json("POST", f"/v1/profile/cpu/{action}")
+
+    async def cpu_stats(self) -> bytes:
+        """The worker's yappi function stats in yappi's ``ystat`` format (see
+        :func:`merge_cpu_stats`)."""
+        return await self._bytes("GET", "/v1/profile/cpu/stats")
+
+    async def memory_profiling(self, action: str) -> None:
+        """``start`` (one frame per trace) or ``stop`` tracemalloc on the worker."""
+        if action not in ("start", "stop"):
+            raise ValueError(f"unknown memory profiling action {action!r}")
+        await self._json("POST", f"/v1/profile/memory/{action}")
+
+    async def memory_snapshot(self) -> tracemalloc.Snapshot:
+        """A tracemalloc snapshot of the worker; ``Conflict`` when it is not tracing."""
+        snapshot = pickle.loads(await self._bytes("GET", "/v1/profile/memory/snapshot"))
+        if not isinstance(snapshot, tracemalloc.Snapshot):
+            raise ProtocolError("memory snapshot of unexpected type", self.name)
+        return snapshot
+
+
+def merge_cpu_stats(blobs: Iterable[bytes]) -> yappi.YFuncStats:
+    """One ``yappi.YFuncStats`` summing the ``cpu_stats()`` of several workers.
+
+    Goes through yappi's public ``YFuncStats.add`` (which reads its ``ystat`` files), so the
+    result prints and sorts like any yappi stats.
+    """
+    stats = yappi.YFuncStats()
+    with tempfile.TemporaryDirectory(prefix="bndl-yappi-") as directory:
+        paths = []
+        for i, blob in enumerate(blobs):
+            path = os.path.join(directory, f"{i}.ystat")
+            with open(path, "wb") as file:
+                file.write(blob)
+            paths.append(path)
+        if paths:
+            stats.add(paths)
+    return stats

@@ -1,0 +1,175 @@
+"""What a run request carries and what comes back per task, and how both are pickled.
+
+A ``POST /v1/run`` body is a plain pickle (builtins only) of ``[(key, keep, reply, blob), ...]``
+where each ``blob`` is the cloudpickle of one task's ``(fn, args, kwargs)``. Pickling each task
+separately costs a little on the driver but means a task whose function the worker cannot import
+fails alone, with a message naming the module, instead of failing its whole batch.
+
+Outcomes travel the same way: a ``("done", key, ok, blob)`` frame whose blob is the pickled result,
+or the pickled ``(exception, formatted remote traceback)``. Every way a task can end badly on the
+worker (an unpicklable result or exception, a ``BaseException``) is turned into an ordinary,
+picklable exception here, naming the task.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import pickle
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import cloudpickle
+
+from bndl.wire.errors import (
+    ExceptionNotPicklable,
+    RemoteTraceback,
+    ResultNotPicklable,
+    TaskAborted,
+    TaskNotDecodable,
+)
+from bndl.wire.frames import PROTOCOL, FrameError
+
+DONE = "done"
+HEARTBEAT = "heartbeat"
+
+
+@dataclass(slots=True)
+class TaskItem:
+    """One task to run on a worker.
+
+    ``key`` names the execution: unique per dispatch (include the attempt when re-dispatching),
+    it identifies the task in cancel requests, completion frames and, with ``keep``, the stored
+    result. ``reply=False`` leaves a successful result out of the completion frame (use with
+    ``keep`` when only peers will read the result); failures are always sent.
+    """
+
+    key: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    keep: bool = False
+    reply: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The outcome of one task: its result when ``ok``, else the exception it failed with.
+
+    Exceptions raised on a worker carry the remote traceback as their ``__cause__``
+    (a :class:`RemoteTraceback`) and in their ``remote_traceback`` attribute when settable.
+    """
+
+    key: str
+    ok: bool
+    value: Any
+
+    @property
+    def error(self) -> BaseException | None:
+        return None if self.ok else self.value
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedTask:
+    """A task as the worker receives it, before its function and arguments are unpickled."""
+
+    key: str
+    keep: bool
+    reply: bool
+    blob: bytes
+
+    def decode(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
+        try:
+            fn, args, kwargs = pickle.loads(self.blob)
+        except Exception as e:
+            raise TaskNotDecodable(
+                f"task {self.key} could not be unpickled on the worker: {type(e).__name__}: {e}"
+            ) from e
+        return fn, args, kwargs
+
+
+def encode_task(item: TaskItem) -> bytes:
+    """The pickled ``(fn, args, kwargs)`` of one task; raises if they cannot be pickled."""
+    blob: bytes = cloudpickle.dumps((item.fn, item.args, item.kwargs), PROTOCOL)
+    return blob
+
+
+def encode_run(tasks: Sequence[tuple[TaskItem, bytes]]) -> bytes:
+    """A run request body from tasks and their :func:`encode_task` blobs."""
+    return pickle.dumps([(item.key, item.keep, item.reply, blob) for item, blob in tasks], PROTOCOL)
+
+
+class _BuiltinsOnly(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        raise FrameError(f"a run request may not contain globals (found {module}.{name})")
+
+
+def decode_run(body: bytes) -> list[EncodedTask]:
+    """The tasks of a run request; raises ``ValueError`` when the body is malformed."""
+    try:
+        raw = _BuiltinsOnly(io.BytesIO(body)).load()
+        return [
+            EncodedTask(str(key), bool(keep), bool(reply), bytes(blob))
+            for key, keep, reply, blob in raw
+        ]
+    except Exception as e:
+        raise ValueError(f"malformed run request: {type(e).__name__}: {e}") from e
+
+
+def encode_result(key: str, value: Any) -> bytes:
+    """The pickled result of a task, or :class:`ResultNotPicklable` naming task and type."""
+    try:
+        blob: bytes = cloudpickle.dumps(value, PROTOCOL)
+    except Exception as e:
+        raise ResultNotPicklable(
+            f"result of task {key} is not picklable: {type(value).__qualname__}: "
+            f"{type(e).__name__}: {e}"
+        ) from e
+    return blob
+
+
+def encode_error(key: str, error: BaseException) -> bytes:
+    """The pickled ``(exception, traceback text)`` of a failed task; always succeeds.
+
+    A ``BaseException`` becomes :class:`TaskAborted`; an exception that does not survive a
+    pickle round trip becomes :class:`ExceptionNotPicklable` carrying its repr.
+    """
+    text = "".join(traceback.format_exception(error))
+    blob: bytes
+    if not isinstance(error, Exception):
+        error = TaskAborted(f"task {key} raised {type(error).__qualname__}: {error!r}")
+    try:
+        blob = cloudpickle.dumps((error, text), PROTOCOL)
+        pickle.loads(blob)  # an exception with a custom __init__ may pickle but not unpickle
+    except Exception as e:
+        error = ExceptionNotPicklable(
+            f"exception of task {key} is not picklable ({type(e).__name__}: {e}): {error!r}"
+        )
+        blob = pickle.dumps((error, text), PROTOCOL)
+    return blob
+
+
+def decode_outcome(key: str, ok: bool, blob: bytes) -> Completion:
+    """The :class:`Completion` a done frame describes; an undecodable payload fails the task."""
+    try:
+        if ok:
+            return Completion(key, True, pickle.loads(blob) if blob else None)
+        error, text = pickle.loads(blob)
+    except Exception as e:
+        what = "result" if ok else "exception"
+        failure = TaskNotDecodable(
+            f"{what} of task {key} could not be unpickled: {type(e).__name__}: {e}"
+        )
+        failure.__cause__ = e
+        return Completion(key, False, failure)
+    return Completion(key, False, with_remote_traceback(error, text))
+
+
+def with_remote_traceback(error: BaseException, text: str) -> BaseException:
+    """Attach a worker's traceback text to an exception unpickled on the driver."""
+    error.__cause__ = RemoteTraceback(text)
+    with contextlib.suppress(AttributeError):  # __slots__ exceptions: __cause__ has the text
+        error.remote_traceback = text  # type: ignore[attr-defined]
+    return error

@@ -1,0 +1,301 @@
+"""Running dispatched tasks: from a decoded run request to completion frames on its stream.
+
+Everything a task needs happens on its own thread, off the event loop: unpickling its function
+and arguments, resolving the :class:`~bndl.wire.refs.RemoteRef` among them (from the local store,
+or from peers through the event loop), running it inside a task context, pickling the outcome and
+keeping the result. The loop only routes ready frames to the stream of the request that asked.
+
+Cancellation: a key that is running gets ``TaskCancelled`` raised in its thread; a key that is not
+running (yet) is remembered for ``cancel_memory`` seconds, so a run request that arrives after
+its cancel (the race) is answered with ``TaskCancelled`` without running anything.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import pickle
+import time
+from collections import OrderedDict, defaultdict
+from collections.abc import Callable, Hashable, Iterable
+from typing import Any
+
+from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
+from bndl.wire import frames
+from bndl.wire.client import WorkerClient
+from bndl.wire.errors import NotFound
+from bndl.wire.refs import RemoteRef, find_refs, replace_refs
+from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
+from bndl.worker.context import WorkerInfo, running_on
+from bndl.worker.store import ResultStore
+from bndl.worker.threads import Job, TaskThreads
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_FRAME = frames.encode(("heartbeat",))
+
+_CANCEL_POLL = 0.1
+"""Seconds between checks for a cancel while a task thread waits for its inputs."""
+
+
+class Stream:
+    """The completion frames of one run request, waiting to be written to its response."""
+
+    __slots__ = ("chunks", "event", "jobs", "outstanding")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.event = asyncio.Event()
+        self.jobs: dict[str, TaskJob] = {}
+        self.outstanding = 0
+
+    def push(self, frame: bytes) -> None:
+        self.chunks.append(frame)
+        self.outstanding -= 1
+        self.event.set()
+
+    def take(self) -> bytes:
+        self.event.clear()
+        data = b"".join(self.chunks)
+        self.chunks.clear()
+        return data
+
+
+class TaskJob(Job):
+    """One dispatched task on its way through a task thread."""
+
+    def __init__(self, runner: TaskRunner, task: EncodedTask, stream: Stream) -> None:
+        self.runner = runner
+        self.task = task
+        self.stream = stream
+        self.cancelled = False
+
+    def __repr__(self) -> str:
+        return f"TaskJob({self.task.key!r})"
+
+    def run(self) -> Any:
+        if self.cancelled:
+            raise TaskCancelled(f"task {self.task.key} was cancelled")
+        fn, args, kwargs = self.task.decode()
+        args, kwargs = self.runner.resolve(args, kwargs, self)
+        with running_on(self.runner.info):
+            return fn(*args, **kwargs)
+
+    def done(self, ok: bool, value: Any) -> None:
+        key = self.task.key
+        blob = b""
+        if ok:
+            try:
+                if self.task.reply:
+                    blob = encode_result(key, value)
+            except Exception as e:
+                ok, value = False, e
+            else:
+                if self.task.keep:
+                    self.runner.store.put(key, value)
+        if not ok:
+            blob = encode_error(key, value)
+        frame = frames.encode((DONE, key, ok, blob))
+        self.runner.loop.call_soon_threadsafe(self.runner.finished, self, frame)
+
+
+class CallJob(Job):
+    """A synchronous ``/v1/call``: runs like a task, answers a future on the loop."""
+
+    def __init__(
+        self,
+        runner: TaskRunner,
+        call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]],
+        future: asyncio.Future[tuple[bool, bytes]],
+    ) -> None:
+        self.runner = runner
+        self.call = call
+        self.future = future
+
+    def run(self) -> Any:
+        fn, args, kwargs = self.call
+        with running_on(self.runner.info):
+            return fn(*args, **kwargs)
+
+    def done(self, ok: bool, value: Any) -> None:
+        if ok:
+            try:
+                blob = encode_result("call", value)
+            except Exception as e:
+                ok, value = False, e
+        if not ok:
+            blob = encode_error(getattr(self.call[0], "__qualname__", "call"), value)
+        self.runner.loop.call_soon_threadsafe(_set_result, self.future, (ok, blob))
+
+
+def _set_result(future: asyncio.Future[tuple[bool, bytes]], outcome: tuple[bool, bytes]) -> None:
+    if not future.done():
+        future.set_result(outcome)
+
+
+class TaskRunner:
+    """The worker's running tasks, remembered cancels, result store and peer clients."""
+
+    def __init__(
+        self,
+        info: WorkerInfo,
+        loop: asyncio.AbstractEventLoop,
+        peers: Callable[[str, str], WorkerClient],
+        cancel_memory: float = 300.0,
+        cancel_memory_size: int = 100_000,
+    ) -> None:
+        self.info = info
+        self.loop = loop
+        self.store = ResultStore()
+        self.threads = TaskThreads()
+        self.running: dict[str, TaskJob] = {}
+        self._peers = peers
+        self.cancel_memory = cancel_memory
+        self.cancel_memory_size = cancel_memory_size
+        self._cancelled: OrderedDict[str, float] = OrderedDict()
+
+    # --- on the event loop --------------------------------------------------------------------
+
+    def start(self, tasks: Iterable[EncodedTask]) -> Stream:
+        """Start the tasks of one run request; their frames arrive on the returned stream."""
+        stream = Stream()
+        for task in tasks:
+            stream.outstanding += 1
+            if self._was_cancelled(task.key):
+                cancelled = TaskCancelled(f"task {task.key} was cancelled before it started")
+                stream.push(_failure_frame(task.key, cancelled))
+            elif task.key in self.running:
+                duplicate = RuntimeError(f"task {task.key} is already running on this worker")
+                stream.push(_failure_frame(task.key, duplicate))
+            else:
+                job = TaskJob(self, task, stream)
+                self.running[task.key] = job
+                stream.jobs[task.key] = job
+                self.threads.submit(job)
+        return stream
+
+    def finished(self, job: TaskJob, frame: bytes) -> None:
+        key = job.task.key
+        if self.running.get(key) is job:
+            del self.running[key]
+        job.stream.jobs.pop(key, None)
+        job.stream.push(frame)
+
+    def cancel(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
+        """Cancel tasks: returns the keys interrupted and the keys remembered for later."""
+        interrupted, remembered = [], []
+        for key in keys:
+            job = self.running.get(key)
+            if job is None:
+                self._remember_cancel(key)
+                remembered.append(key)
+            else:
+                self._cancel_job(job)
+                interrupted.append(key)
+        return interrupted, remembered
+
+    def abandon(self, stream: Stream) -> None:
+        """Cancel what is still running for a request whose client went away."""
+        for job in list(stream.jobs.values()):
+            self._cancel_job(job)
+
+    def cancel_all(self) -> None:
+        for job in list(self.running.values()):
+            self._cancel_job(job)
+
+    def _cancel_job(self, job: TaskJob) -> None:
+        job.cancelled = True  # seen by a job that has not started running yet
+        self.threads.interrupt(job, TaskCancelled)
+
+    def _remember_cancel(self, key: str) -> None:
+        now = time.monotonic()
+        self._cancelled[key] = now + self.cancel_memory
+        self._cancelled.move_to_end(key)
+        while self._cancelled and (
+            len(self._cancelled) > self.cancel_memory_size
+            or next(iter(self._cancelled.values())) < now
+        ):
+            self._cancelled.popitem(last=False)
+
+    def _was_cancelled(self, key: str) -> bool:
+        expiry = self._cancelled.pop(key, None)
+        return expiry is not None and expiry >= time.monotonic()
+
+    def call(self, call: tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]) -> Any:
+        future: asyncio.Future[tuple[bool, bytes]] = self.loop.create_future()
+        self.threads.submit(CallJob(self, call, future))
+        return future
+
+    # --- on task threads ----------------------------------------------------------------------
+
+    def resolve(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], job: TaskJob
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """Replace the refs in a task's arguments by their values, or raise DependenciesFailed."""
+        refs = find_refs((args, kwargs))
+        if not refs:
+            return args, kwargs
+        values: dict[str, Any] = {}
+        remote: dict[str, RemoteRef] = {}
+        lost: defaultdict[str | None, list[Hashable]] = defaultdict(list)
+        for ref in refs:
+            if ref.key in values or ref.key in remote:
+                continue
+            if ref.holder == self.info.name:
+                try:
+                    values[ref.key] = self.store.get(ref.key)
+                except KeyError:
+                    _add_lost(lost, ref)
+            else:
+                remote[ref.key] = ref
+        if remote:
+            fetched = self._wait(asyncio.run_coroutine_threadsafe(self._fetch(remote), self.loop))
+            for key, ref in remote.items():
+                blob = fetched.get(key)
+                if blob is None:
+                    _add_lost(lost, ref)
+                else:
+                    values[key] = pickle.loads(blob)
+        if lost:
+            raise DependenciesFailed(lost)
+
+        def value(ref: RemoteRef) -> Any:
+            return values[ref.key]
+
+        return replace_refs(args, value), replace_refs(kwargs, value)
+
+    @staticmethod
+    def _wait(future: concurrent.futures.Future[dict[str, bytes]]) -> dict[str, bytes]:
+        # short waits, so that a cancel raised in this thread is not held up by the fetch
+        while True:
+            try:
+                return future.result(timeout=_CANCEL_POLL)
+            except concurrent.futures.TimeoutError:
+                continue
+            except BaseException:
+                future.cancel()
+                raise
+
+    async def _fetch(self, refs: dict[str, RemoteRef]) -> dict[str, bytes]:
+        """The pickled values of remote refs; refs whose holder is gone or lost them are left
+        out."""
+
+        async def one(ref: RemoteRef) -> bytes | None:
+            try:
+                return await self._peers(ref.holder, ref.holder_url).fetch_bytes(ref.key)
+            except (NotConnected, NotFound) as e:
+                log.info("input %s of task is lost on %s: %s", ref.key, ref.holder, e)
+                return None
+
+        blobs = await asyncio.gather(*(one(ref) for ref in refs.values()))
+        return {key: blob for key, blob in zip(refs, blobs, strict=True) if blob is not None}
+
+
+def _failure_frame(key: str, error: BaseException) -> bytes:
+    return frames.encode((DONE, key, False, encode_error(key, error)))
+
+
+def _add_lost(lost: defaultdict[str | None, list[Hashable]], ref: RemoteRef) -> None:
+    if ref.task_id not in lost[ref.holder]:
+        lost[ref.holder].append(ref.task_id)

@@ -1,0 +1,281 @@
+"""The worker's HTTP endpoints and its life cycle (start, announce, serve, stop on SIGTERM).
+
+Handlers stay thin: decoding and routing here, running tasks in :mod:`bndl.worker.runner`,
+authentication in :mod:`bndl.worker.guard`. ``POST /v1/run`` answers with a stream of
+length-prefixed frames (:mod:`bndl.wire.frames`): one per finished task, written as soon as it is
+ready, and a heartbeat whenever ``heartbeat_interval`` passes without one, so a client can tell a
+hung worker from a slow task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import pickle
+import signal
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
+from bndl.wire.signing import Verifier
+from bndl.wire.tasks import decode_run
+from bndl.worker import profiling
+from bndl.worker.config import WorkerConfig
+from bndl.worker.context import WorkerInfo
+from bndl.worker.guard import error_response, guard
+from bndl.worker.runner import HEARTBEAT_FRAME, TaskRunner
+
+log = logging.getLogger(__name__)
+
+READY_PREFIX = "BNDL_WORKER_READY"
+
+_RUNNER = web.AppKey("runner", TaskRunner)
+
+
+class Worker:
+    """One worker: its configuration, its task runner and its peer clients."""
+
+    def __init__(self, config: WorkerConfig) -> None:
+        self.config = config
+        self.ready = False
+        self._session: aiohttp.ClientSession | None = None
+        self._peers: dict[tuple[str, str], WorkerClient] = {}
+        self.runner: TaskRunner | None = None
+
+    def peer(self, name: str, url: str) -> WorkerClient:
+        client = self._peers.get((name, url))
+        if client is None:
+            if self._session is None:
+                self._session = create_session()
+            client = WorkerClient(name, url, self.config.secret, self._session)
+            self._peers[(name, url)] = client
+        return client
+
+    def app(self, url: str) -> web.Application:
+        """The aiohttp application; call from the running loop."""
+        info = WorkerInfo(self.config.name, url)
+        self.runner = TaskRunner(
+            info, asyncio.get_running_loop(), self.peer, cancel_memory=self.config.cancel_memory
+        )
+        app = web.Application(
+            middlewares=[
+                guard(Verifier(self.config.secret, self.config.auth_window), self.config.max_body)
+            ],
+            client_max_size=self.config.max_body,
+        )
+        app[_RUNNER] = self.runner
+        app[_WORKER] = self
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
+        app.router.add_post("/v1/run", run)
+        app.router.add_post("/v1/cancel", cancel)
+        app.router.add_get("/v1/results/{key}", fetch)
+        app.router.add_post("/v1/results/release", release)
+        app.router.add_get("/v1/held", held)
+        app.router.add_post("/v1/call", call)
+        app.router.add_post("/v1/profile/cpu/{action}", cpu_profile)
+        app.router.add_get("/v1/profile/cpu/stats", cpu_stats)
+        app.router.add_post("/v1/profile/memory/{action}", memory_profile)
+        app.router.add_get("/v1/profile/memory/snapshot", memory_snapshot)
+        return app
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+_WORKER = web.AppKey("worker", Worker)
+
+
+# --- probes ------------------------------------------------------------------------------------
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"name": request.app[_WORKER].config.name, "status": "alive"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    worker = request.app[_WORKER]
+    status = "ready" if worker.ready else "not ready"
+    return web.json_response(
+        {"name": worker.config.name, "status": status}, status=200 if worker.ready else 503
+    )
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+async def run(request: web.Request) -> web.StreamResponse:
+    runner = request.app[_RUNNER]
+    try:
+        tasks = decode_run(await request.read())
+    except ValueError as e:
+        return error_response(400, str(e))
+    stream = runner.start(tasks)
+    response = web.StreamResponse(headers={"Content-Type": "application/x-bndl-frames"})
+    interval = request.app[_WORKER].config.heartbeat_interval
+    try:
+        await response.prepare(request)
+        while stream.outstanding or stream.chunks:
+            if not stream.chunks:
+                try:
+                    async with asyncio.timeout(interval):
+                        await stream.event.wait()
+                except TimeoutError:
+                    await response.write(HEARTBEAT_FRAME)
+                    continue
+            await response.write(stream.take())
+        await response.write_eof()
+    except (ConnectionError, asyncio.CancelledError):
+        runner.abandon(stream)  # nobody can receive these outcomes any more
+        raise
+    return response
+
+
+async def cancel(request: web.Request) -> web.Response:
+    keys = await _json_field(request, "keys")
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        return error_response(400, '"keys" must be a list of strings')
+    interrupted, remembered = request.app[_RUNNER].cancel(keys)
+    return web.json_response({"interrupted": interrupted, "remembered": remembered})
+
+
+async def fetch(request: web.Request) -> web.Response:
+    key = request.match_info["key"]
+    try:
+        value = request.app[_RUNNER].store.get(key)
+    except KeyError:
+        return error_response(404, f"no result held under {key!r}")
+    try:
+        body = await asyncio.to_thread(pickle.dumps, value, pickle.HIGHEST_PROTOCOL)
+    except Exception as e:
+        return error_response(500, f"result {key} is not picklable: {type(e).__name__}: {e}")
+    return web.Response(body=body, content_type=PICKLE_TYPE)
+
+
+async def release(request: web.Request) -> web.Response:
+    try:
+        payload = json.loads(await request.read())
+        keys = payload.get("keys", [])
+        prefix = payload.get("prefix")
+    except (ValueError, AttributeError) as e:
+        return error_response(400, f"malformed release request: {e}")
+    if not isinstance(keys, list) or not (prefix is None or isinstance(prefix, str)):
+        return error_response(400, '"keys" must be a list, "prefix" a string')
+    released = request.app[_RUNNER].store.release(map(str, keys), prefix)
+    return web.json_response({"released": released})
+
+
+async def held(request: web.Request) -> web.Response:
+    runner = request.app[_RUNNER]
+    return web.json_response(
+        {"name": runner.info.name, "held": runner.store.keys(), "running": list(runner.running)}
+    )
+
+
+async def call(request: web.Request) -> web.Response:
+    try:
+        fn, args, kwargs = pickle.loads(await request.read())
+    except Exception as e:
+        return error_response(400, f"undecodable call: {type(e).__name__}: {e}")
+    ok, blob = await request.app[_RUNNER].call((fn, args, kwargs))
+    return web.Response(body=blob, status=200 if ok else 500, content_type=PICKLE_TYPE)
+
+
+async def _json_field(request: web.Request, name: str) -> Any:
+    try:
+        return json.loads(await request.read()).get(name)
+    except (ValueError, AttributeError):
+        return None
+
+
+# --- profiling ---------------------------------------------------------------------------------
+
+_CPU_ACTIONS: dict[str, Callable[[], None]] = {
+    "start": profiling.cpu_start,
+    "stop": profiling.cpu_stop,
+    "clear": profiling.cpu_clear,
+}
+_MEMORY_ACTIONS: dict[str, Callable[[], None]] = {
+    "start": profiling.memory_start,
+    "stop": profiling.memory_stop,
+}
+
+
+async def _action(actions: dict[str, Callable[[], None]], request: web.Request) -> web.Response:
+    action = actions.get(request.match_info["action"])
+    if action is None:
+        return error_response(404, f"unknown profiling action {request.match_info['action']!r}")
+    action()
+    return web.json_response({"ok": True})
+
+
+async def cpu_profile(request: web.Request) -> web.Response:
+    return await _action(_CPU_ACTIONS, request)
+
+
+async def memory_profile(request: web.Request) -> web.Response:
+    return await _action(_MEMORY_ACTIONS, request)
+
+
+async def cpu_stats(request: web.Request) -> web.Response:
+    return await _blob(profiling.cpu_stats)
+
+
+async def memory_snapshot(request: web.Request) -> web.Response:
+    return await _blob(profiling.memory_snapshot)
+
+
+async def _blob(produce: Callable[[], bytes]) -> web.Response:
+    try:
+        body = await asyncio.to_thread(produce)
+    except RuntimeError as e:
+        return error_response(409, str(e))
+    return web.Response(body=body, content_type=PICKLE_TYPE)
+
+
+# --- life cycle --------------------------------------------------------------------------------
+
+
+def _advertised_host(bind: str) -> str:
+    if bind in ("", "0.0.0.0", "::"):
+        return socket.gethostbyname(socket.gethostname())
+    return f"[{bind}]" if ":" in bind else bind
+
+
+async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
+    """Run a worker until SIGTERM or SIGINT; prints the READY line once it accepts requests.
+
+    On a stop signal the worker turns not-ready, cancels its running tasks, lets open streams
+    end (for at most ``shutdown_timeout`` seconds) and returns.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    # bind first: the URL a worker announces (and gives tasks) needs the port
+    sock = socket.create_server((config.bind, config.port), family=family)
+    url = config.url or f"http://{_advertised_host(config.bind)}:{sock.getsockname()[1]}"
+    worker = Worker(config)
+    runner = web.AppRunner(worker.app(url), access_log=None, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    try:
+        await web.SockSite(runner, sock).start()
+        worker.ready = True
+        line = json.dumps({"name": config.name, "url": url, "pid": os.getpid()})
+        print(READY_PREFIX, line, flush=True)
+        await stop.wait()
+        log.info("stopping worker %s", config.name)
+        worker.ready = False
+        if worker.runner is not None:
+            worker.runner.cancel_all()
+    finally:
+        await runner.cleanup()
+        await worker.close()

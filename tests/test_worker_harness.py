@@ -1,0 +1,221 @@
+"""Real worker processes for the worker and wire tests, and tests of the process itself.
+
+Other ``test_worker_*`` modules import :func:`start_worker`, :func:`client` and friends from here.
+Workers are started with ``python -m bndl.worker --port 0`` on loopback; the port is learnt from
+the READY line and every process is stopped by PID, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from bndl.wire import ClientSettings, WorkerClient, create_session
+
+SECRET = b"test-cluster-secret"
+OPERATOR = str(Path(__file__).resolve().parent.parent / "operator")
+READY = "BNDL_WORKER_READY"
+
+T = TypeVar("T")
+
+
+def worker_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [OPERATOR, env.get("PYTHONPATH")]))
+    env["BNDL_SECRET"] = SECRET.decode()
+    env.update(extra)
+    return env
+
+
+@dataclass
+class WorkerProcess:
+    name: str
+    url: str
+    proc: subprocess.Popen[str]
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        """Stop the process by PID: SIGCONT (it may be stopped), SIGTERM, then SIGKILL."""
+        if self.proc.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
+            os.kill(self.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.kill(self.pid, signal.SIGKILL)
+                self.proc.wait(timeout=10)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+    """The next stdout line of ``proc``, waiting at most ``timeout`` seconds."""
+    assert proc.stdout is not None
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        if not selector.select(timeout):
+            raise TimeoutError(f"no output from pid {proc.pid} within {timeout} s")
+    return proc.stdout.readline()
+
+
+def start_worker(name: str, *args: str, timeout: float = 30.0, **env: str) -> WorkerProcess:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bndl.worker", "--name", name, "--port", "0", *args],
+        stdout=subprocess.PIPE,
+        env=worker_env(**env),
+        text=True,
+    )
+    try:
+        line = read_line(proc, timeout)
+        assert line.startswith(READY + " "), f"unexpected first line {line!r}"
+        info = json.loads(line[len(READY) + 1 :])
+        assert info["name"] == name and info["pid"] == proc.pid
+        return WorkerProcess(name, info["url"], proc)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
+
+
+@contextmanager
+def running_worker(name: str, *args: str, **env: str) -> Iterator[WorkerProcess]:
+    worker = start_worker(name, *args, **env)
+    try:
+        yield worker
+    finally:
+        worker.stop()
+
+
+@asynccontextmanager
+async def client(
+    worker: WorkerProcess, settings: ClientSettings | None = None
+) -> Any:  # AsyncIterator[WorkerClient]
+    async with create_session(settings) as session:
+        yield WorkerClient(worker.name, worker.url, SECRET, session, settings)
+
+
+def run(coroutine_fn: Callable[[], Awaitable[T]]) -> T:
+    async def main() -> T:
+        return await coroutine_fn()
+
+    return asyncio.run(main())
+
+
+async def eventually(
+    condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        await asyncio.sleep(0.01)
+
+
+async def running_on(c: WorkerClient, key: str) -> bool:
+    return key in (await c.held())["running"]
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[WorkerProcess]:
+    with running_worker("w-shared") as w:
+        yield w
+
+
+# --- tests of the worker process itself -------------------------------------------------------
+
+
+def test_help_lists_every_option_and_its_environment_variable() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "bndl.worker", "--help"],
+        env=worker_env(),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    for flag, var in [
+        ("--port", "BNDL_WORKER_PORT"),
+        ("--bind", "BNDL_WORKER_BIND"),
+        ("--name", "BNDL_WORKER_NAME"),
+        ("--secret-file", "BNDL_SECRET"),
+        ("--max-body", "BNDL_WORKER_MAX_BODY"),
+        ("--url", "BNDL_WORKER_URL"),
+    ]:
+        assert flag in out and var in out
+
+
+def test_refuses_to_start_without_a_secret() -> None:
+    env = worker_env()
+    del env["BNDL_SECRET"]
+    done = subprocess.run(
+        [sys.executable, "-m", "bndl.worker", "--port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2
+    assert "a secret is required" in done.stderr
+    assert READY not in done.stdout
+
+
+def test_secret_file_and_environment_configuration(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_bytes(SECRET + b"\n")
+    env = worker_env(BNDL_WORKER_NAME="from-env", BNDL_SECRET="")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bndl.worker", "--secret-file", str(secret_file)],
+        stdout=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    w = WorkerProcess("from-env", "", proc)
+    try:
+        info = json.loads(read_line(proc, 30).split(" ", 1)[1])
+        assert info["name"] == "from-env"
+        w.url = info["url"]
+
+        async def check() -> None:
+            async with client(w) as c:
+                assert (await c.held())["name"] == "from-env"  # signed with the file's secret
+
+        run(check)
+    finally:
+        w.stop()
+
+
+def test_probes_are_public_and_name_the_worker(worker: WorkerProcess) -> None:
+    async def check() -> None:
+        async with aiohttp.ClientSession() as session:
+            for path, status in [("/healthz", "alive"), ("/readyz", "ready")]:
+                async with session.get(worker.url + path) as response:
+                    assert response.status == 200
+                    assert await response.json() == {"name": worker.name, "status": status}
+
+    run(check)
+
+
+def test_sigterm_stops_the_worker_gracefully() -> None:
+    w = start_worker("w-term")
+    try:
+        os.kill(w.pid, signal.SIGTERM)
+        assert w.proc.wait(timeout=10) == 0
+    finally:
+        w.stop()
