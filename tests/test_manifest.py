@@ -242,10 +242,36 @@ def test_schema_problems_name_their_field(mutate: Any, field: str, words: str) -
     assert words in found[0][1]
 
 
+def test_kwargs_keys_must_be_identifiers() -> None:
+    field, message = only_problem(job(task("a", kwargs={"ok": 1, "not-ok": 2})))
+    assert field == "spec.tasks[0].kwargs.not-ok" and "identifier" in message
+
+
+def test_yaml_reads_y_and_n_as_kubectl_does() -> None:
+    text = textwrap.dedent(
+        """\
+        apiVersion: bndl.io/v1alpha1
+        kind: BndlJob
+        metadata: {name: yn}
+        spec:
+          tasks: [{id: a, call: "operator:add", args: [y, "y"], kwargs: {"x": 1, y: 2}}]
+        """
+    )
+    doc = parse_manifest(text)
+    assert doc["spec"]["tasks"][0]["args"] == [True, "y"]
+    field, message = only_problem(doc)
+    assert field == "spec.tasks[0].kwargs.true" and "quote it" in message
+
+
 def test_duplicate_ids() -> None:
     field, message = only_problem(job(task("a"), task("b"), task("a")))
     assert field == "spec.tasks[2].id"
-    assert "duplicate task id 'a'" in message and "spec.tasks[0].id" in message
+    assert "duplicate id='a'" in message and "spec.tasks[0]" in message
+    # reported with the schema's problems, as the API server does
+    assert fields(job(task("a"), task("a"), concurrency=0)) == [
+        "spec.concurrency",
+        "spec.tasks[1].id",
+    ]
 
 
 def test_dependencies_on_unknown_tasks() -> None:
@@ -260,10 +286,8 @@ def test_dependencies_on_unknown_tasks() -> None:
 
 
 def test_a_task_cannot_depend_on_itself() -> None:
-    assert fields(job(task("a", dependsOn=["a"]))) == [
-        "spec.tasks[0].dependsOn[0]",  # the CRD's CEL rule, checked locally
-        "spec.tasks[0].dependsOn[0]",  # and the reference check
-    ]
+    field, message = only_problem(job(task("a", dependsOn=["a"])))  # the CRD's CEL rule
+    assert field == "spec.tasks[0].dependsOn[0]" and "remove its own id" in message
     field, message = only_problem(job(task("a", {"fromTask": "a"})))
     assert field == "spec.tasks[0].args[0].fromTask" and "its own result" in message
 
@@ -281,17 +305,21 @@ def test_cycles_report_their_path() -> None:
 
 
 def test_all_problems_are_reported_together() -> None:
-    doc = job(task("a", dependsOn=["nope"]), task("a"), task("b", {"fromTask": "missing"}))
+    doc = job(
+        task("a", dependsOn=["nope"]),
+        task("b", {"fromTask": "missing"}),
+        {"id": "c", "call": "no_such_module_xyz:f"},
+    )
     with pytest.raises(ManifestError) as info:
-        plan_job(doc)
+        plan_job(doc, check_imports=True)
     err = info.value
     assert [e.field for e in err.errors] == [
-        "spec.tasks[1].id",
         "spec.tasks[0].dependsOn[0]",
-        "spec.tasks[2].args[0].fromTask",
+        "spec.tasks[1].args[0].fromTask",
+        "spec.tasks[2].call",
     ]
-    assert err.field == "spec.tasks[1].id"  # the exception is the first problem
-    assert str(err).startswith("3 problems in the manifest:\n  spec.tasks[1].id: duplicate")
+    assert err.field == "spec.tasks[0].dependsOn[0]"  # the exception is the first problem
+    assert str(err).startswith("3 problems in the manifest:\n  spec.tasks[0].dependsOn[0]: no task")
     again = pickle.loads(pickle.dumps(err))
     assert [(e.field, e.message) for e in again.errors] == [
         (e.field, e.message) for e in err.errors
@@ -608,7 +636,9 @@ def test_crd_schema_is_structural_and_documented() -> None:
         if node.get("x-kubernetes-list-type") == "map":
             keys = node["x-kubernetes-list-map-keys"]
             assert set(keys) <= set(node["items"]["required"]), path
-        if path.count(".") and not path.endswith(("[]", "{}")):
+        if path == ".metadata":  # the API server refuses anything more, even a description
+            assert node == {"type": "object"}
+        elif path.count(".") and not path.endswith(("[]", "{}")):
             assert node.get("description"), f"{path} has no description"
     spec = root["properties"]["spec"]["properties"]
     assert {

@@ -13,6 +13,6 @@ def square(x: int) -> int:
     return x * x
 
 
-def add(x: int, y: int) -> int:
+def add(value: int, increment: int) -> int:
     """The other branch, and the join."""
-    return x + y
+    return value + increment

@@ -158,6 +158,8 @@ class Expander:
     def _depends_on(self, entry: Entry) -> None:
         field = join_path(entry.field, "dependsOn")
         for j, name in enumerate(entry.raw.get("dependsOn", [])):
+            if name == entry.id:
+                continue  # reported by the CRD's CEL rule (checked in loader)
             target = self._resolve(entry, name, join_path(field, j))
             if isinstance(target, Entry):
                 entry.static_deps.update(target.ids)

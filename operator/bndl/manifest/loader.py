@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import os
+import re
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -40,7 +41,6 @@ PathLike = str | os.PathLike[str]
 CEL_RULES_CHECKED = frozenset(
     {
         "a task cannot depend on itself",
-        "forEach needs exactly one of range or values",
         "awaitWorkers.minimum cannot exceed awaitWorkers.count",
         "awaitWorkers.count cannot exceed workers.replicas",
     }
@@ -48,10 +48,29 @@ CEL_RULES_CHECKED = frozenset(
 """Messages of the CRD's CEL rules that ``validate_manifest`` checks too (a test keeps it whole)."""
 
 
+class _KubectlLikeLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, plus kubectl's YAML 1.1 reading of unquoted y/Y/n/N as booleans.
+
+    Without this, ``kwargs: {y: 4}`` passes a keyword ``y`` under ``bndl run`` and a key ``true``
+    once kubectl has applied it: the same manifest must mean the same thing in both modes.
+    """
+
+    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+
+
+_KubectlLikeLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
+)
+
+
 def parse_manifest(text: str, source: str = "<string>") -> dict[str, Any]:
-    """The BndlJob in YAML ``text``: the only document, or the first with ``kind: BndlJob``."""
+    """The BndlJob in YAML ``text``: the only document, or the first with ``kind: BndlJob``.
+
+    Unquoted ``y``/``n`` (like ``yes``/``no``/``on``/``off``) are read as booleans, as kubectl
+    reads them.
+    """
     try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+        docs = [d for d in yaml.load_all(text, Loader=_KubectlLikeLoader) if d is not None]
     except yaml.YAMLError as e:
         raise ManifestError("", f"{source} is not valid YAML: {e}") from e
     for doc in docs:
@@ -113,6 +132,7 @@ def _build(
         return None, errors
     spec = doc["spec"]
     errors.extend(_cel_rules(spec))
+    errors.extend(_keywords(spec))
     for i, task in enumerate(spec["tasks"]):
         if "locality" in task:
             errors.extend(check_locality(task["locality"], f"spec.tasks[{i}].locality"))
@@ -159,12 +179,6 @@ def _cel_rules(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
                     f"spec.tasks[{i}].dependsOn[{j}]",
                     "a task cannot depend on itself: remove its own id from dependsOn",
                 )
-        for_each = task.get("forEach")
-        if for_each is not None and ("range" in for_each) == ("values" in for_each):
-            yield ManifestError(
-                f"spec.tasks[{i}].forEach",
-                "forEach needs exactly one of range or values, e.g. {range: 10}",
-            )
     wait = spec.get("awaitWorkers", {})
     if "minimum" in wait and "count" in wait and wait["minimum"] > wait["count"]:
         yield ManifestError(
@@ -178,6 +192,22 @@ def _cel_rules(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
             "spec.awaitWorkers.count",
             f"awaitWorkers.count ({wait['count']}) cannot exceed workers.replicas ({replicas})",
         )
+
+
+def _keywords(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
+    for i, task in enumerate(spec["tasks"]):
+        for key in task.get("kwargs", {}):
+            if isinstance(key, bool):
+                yield ManifestError(
+                    f"spec.tasks[{i}].kwargs.{str(key).lower()}",
+                    f"YAML reads this unquoted key (y, n, yes, no, on, off...) as {key}: "
+                    'quote it, e.g. "y": 1',
+                )
+            elif not (isinstance(key, str) and key.isidentifier()):
+                yield ManifestError(
+                    f"spec.tasks[{i}].kwargs.{key}",
+                    f"keyword argument {key!r} is not a Python identifier: pass it in args instead",
+                )
 
 
 def _import_errors(spec: Mapping[str, Any], source: PathLike | None) -> list[ManifestError]:

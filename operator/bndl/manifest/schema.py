@@ -131,7 +131,42 @@ def schema_errors(doc: Any) -> list[ManifestError]:
     errors: list[ManifestError] = []
     for error in validator.iter_errors(doc):
         errors.extend(_convert(error))
+    errors.extend(list_map_errors(doc, crd_schema()))
     return errors
+
+
+def list_map_errors(instance: Any, schema: Mapping[str, Any]) -> list[ManifestError]:
+    """Duplicate keys in ``x-kubernetes-list-type: map`` lists (such as two tasks with one id),
+    which the API server refuses as part of the schema and JSON Schema cannot express."""
+    errors: list[ManifestError] = []
+    stack: list[tuple[Any, Mapping[str, Any], str]] = [(instance, schema, "")]
+    while stack:
+        value, node, path = stack.pop()
+        if isinstance(value, dict):
+            for name, sub in node.get("properties", {}).items():
+                if name in value:
+                    stack.append((value[name], sub, join_path(path, name)))
+        elif isinstance(value, list) and isinstance(node.get("items"), Mapping):
+            if node.get("x-kubernetes-list-type") == "map":
+                errors.extend(_duplicates(value, node["x-kubernetes-list-map-keys"], path))
+            stack.extend((v, node["items"], join_path(path, i)) for i, v in enumerate(value))
+    return errors
+
+
+def _duplicates(items: list[Any], keys: list[str], path: str) -> Iterator[ManifestError]:
+    seen: dict[tuple[Any, ...], int] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict) or not all(k in item for k in keys):
+            continue
+        key = tuple(repr(item[k]) for k in keys)
+        if key in seen:
+            shown = ", ".join(f"{k}={item[k]!r}" for k in keys)
+            yield ManifestError(
+                join_path(join_path(path, i), keys[0]),
+                f"duplicate {shown} (also {join_path(path, seen[key])}): each must be unique",
+            )
+        else:
+            seen[key] = i
 
 
 def _path(parts: Iterable[str | int]) -> str:
@@ -172,6 +207,9 @@ def _convert(error: jsonschema.ValidationError) -> Iterator[ManifestError]:
     elif kind == "enum":
         choices = ", ".join(str(c) for c in expected)
         yield ManifestError(field, f"{instance!r} is not one of: {choices}")
+    elif kind == "oneOf" and all(set(sub) == {"required"} for sub in expected):
+        choices = " or ".join(name for sub in expected for name in sub["required"])
+        yield ManifestError(field, f"needs exactly one of {choices}")
     elif kind == "uniqueItems":
         yield ManifestError(field, "lists the same value twice: remove the duplicates")
     else:
