@@ -12,7 +12,15 @@ from typing import Any
 
 import pytest
 
-from bndl.manifest import JobPlan, load_plan, read_manifest, resolve_call, substitute
+from bndl.manifest import (
+    JobPlan,
+    load_plan,
+    parse_manifest,
+    read_manifest,
+    resolve_call,
+    substitute,
+    validate_manifest,
+)
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 MANIFESTS = sorted(EXAMPLES.glob("*.yaml"))
@@ -42,3 +50,9 @@ def test_example_runs_to_its_documented_result(path: Path, monkeypatch: pytest.M
     expected = json.loads(read_manifest(path)["metadata"]["annotations"][EXPECTED])
     results = json.loads(json.dumps(run_in_process(plan)))  # compare as JSON, as `bndl run` prints
     assert {task_id: results[task_id] for task_id in expected} == expected
+
+
+def test_readme_manifest_is_valid() -> None:
+    text = (EXAMPLES / "README.md").read_text()
+    snippet = text.split("```yaml\n", 1)[1].split("```", 1)[0]
+    assert validate_manifest(parse_manifest(snippet)) == []

@@ -48,14 +48,18 @@ CEL_RULES_CHECKED = frozenset(
 """Messages of the CRD's CEL rules that ``validate_manifest`` checks too (a test keeps it whole)."""
 
 
-class _KubectlLikeLoader(yaml.SafeLoader):
+# libyaml's parser is ~20x faster on large manifests; the pure-Python one is the fallback.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _KubectlLikeLoader(_SafeLoader):  # type: ignore[valid-type,misc]
     """PyYAML's safe loader, plus kubectl's YAML 1.1 reading of unquoted y/Y/n/N as booleans.
 
     Without this, ``kwargs: {y: 4}`` passes a keyword ``y`` under ``bndl run`` and a key ``true``
     once kubectl has applied it: the same manifest must mean the same thing in both modes.
     """
 
-    bool_values = {**yaml.SafeLoader.bool_values, "y": True, "n": False}
+    bool_values = {**yaml.constructor.SafeConstructor.bool_values, "y": True, "n": False}
 
 
 _KubectlLikeLoader.add_implicit_resolver(

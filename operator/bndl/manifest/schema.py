@@ -67,6 +67,11 @@ def _json_schema() -> dict[str, Any]:
     return to_json_schema(crd_schema())
 
 
+@functools.cache
+def _validator() -> jsonschema.Draft4Validator:
+    return jsonschema.Draft4Validator(_json_schema())
+
+
 def json_schema() -> dict[str, Any]:
     """The CRD schema as a JSON Schema (draft 4), closed against unknown fields."""
     return copy.deepcopy(_json_schema())
@@ -127,7 +132,7 @@ def apply_defaults(instance: Any, schema: Mapping[str, Any]) -> None:
 
 def schema_errors(doc: Any) -> list[ManifestError]:
     """Validate ``doc`` (defaults already applied) against the CRD schema; every problem found."""
-    validator = jsonschema.Draft4Validator(_json_schema())
+    validator = _validator()
     errors: list[ManifestError] = []
     for error in validator.iter_errors(doc):
         errors.extend(_convert(error))
