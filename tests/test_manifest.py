@@ -104,6 +104,19 @@ def test_the_input_document_is_not_modified() -> None:
     assert doc == DIAMOND
 
 
+def test_any_mapping_is_accepted() -> None:
+    from types import MappingProxyType
+
+    def frozen(obj: Any) -> Any:  # like the read-only views kopf hands to handlers
+        if isinstance(obj, dict):
+            return MappingProxyType({k: frozen(v) for k, v in obj.items()})
+        if isinstance(obj, list):
+            return tuple(frozen(v) for v in obj)
+        return obj
+
+    assert [t.id for t in plan_job(frozen(DIAMOND)).tasks] == ["a", "b", "c", "d"]
+
+
 def test_settings_reach_the_plan() -> None:
     doc = job(
         task(

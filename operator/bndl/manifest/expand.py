@@ -60,7 +60,8 @@ class Entry:
         return str(self.raw["id"])
 
     @property
-    def field(self) -> str:
+    def path(self) -> str:
+        """JSON path of the entry in the manifest."""
         return f"spec.tasks[{self.position}]"
 
 
@@ -87,7 +88,7 @@ class Expander:
                 first = self.entries[entry.id].position
                 self.errors.append(
                     ManifestError(
-                        join_path(entry.field, "id"),
+                        join_path(entry.path, "id"),
                         f"duplicate task id {entry.id!r} (also spec.tasks[{first}].id): "
                         "give every task its own id",
                     )
@@ -107,7 +108,7 @@ class Expander:
                 owner, k = hit
                 self.errors.append(
                     ManifestError(
-                        join_path(entry.field, "id"),
+                        join_path(entry.path, "id"),
                         f"id {entry.id!r} is also the id of task {k} of fan-out {owner.id!r} "
                         f"(spec.tasks[{owner.position}]): rename one of them",
                     )
@@ -156,7 +157,7 @@ class Expander:
         return name
 
     def _depends_on(self, entry: Entry) -> None:
-        field = join_path(entry.field, "dependsOn")
+        field = join_path(entry.path, "dependsOn")
         for j, name in enumerate(entry.raw.get("dependsOn", [])):
             if name == entry.id:
                 continue  # reported by the CRD's CEL rule (checked in loader)
@@ -273,10 +274,8 @@ class Expander:
                     self.origin[task_id] = entry.id
         for entry in self.entries.values():
             self._depends_on(entry)
-            entry.args = self._compile(entry, entry.raw.get("args", []), entry.field + ".args")
-            entry.kwargs = self._compile(
-                entry, entry.raw.get("kwargs", {}), entry.field + ".kwargs"
-            )
+            entry.args = self._compile(entry, entry.raw.get("args", []), entry.path + ".args")
+            entry.kwargs = self._compile(entry, entry.raw.get("kwargs", {}), entry.path + ".kwargs")
 
     def entry_deps(self) -> dict[str, set[str]]:
         """For each entry id, the entry ids it depends on (the graph to order)."""

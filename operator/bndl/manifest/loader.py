@@ -8,7 +8,6 @@ local file never met one), ids and references, locality, importable functions, a
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 import re
@@ -128,7 +127,7 @@ def _build(
 ) -> tuple[JobPlan | None, list[ManifestError]]:
     if not isinstance(raw, Mapping):
         return None, [ManifestError("", "a manifest must be a mapping (apiVersion, kind, ...)")]
-    doc = copy.deepcopy(dict(raw))
+    doc = _plain(raw)
     apply_defaults(doc, _schema())
     errors = list(_header(doc))
     errors.extend(schema_errors(doc))
@@ -148,7 +147,7 @@ def _build(
     try:
         order = topological_order(list(expander.entries), expander.entry_deps())
     except CycleError as e:
-        where = expander.entries[e.path[0]].field
+        where = expander.entries[e.path[0]].path
         errors.append(
             ManifestError(
                 where,
@@ -160,6 +159,16 @@ def _build(
     if errors:
         return None, errors
     return _plan(doc, list(expander.tasks(order)), source), []
+
+
+def _plain(obj: Any) -> Any:
+    """A deep copy made of dicts and lists only: the API server's objects may arrive as other
+    Mapping/Sequence types (kopf's views), and validation must never change the caller's."""
+    if isinstance(obj, Mapping):
+        return {k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _header(doc: Mapping[str, Any]) -> Iterator[ManifestError]:
