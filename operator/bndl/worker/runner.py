@@ -55,6 +55,14 @@ class Stream:
         self.outstanding -= 1
         self.event.set()
 
+    async def wait(self, timeout: float) -> None:
+        """Until a frame is ready or ``timeout`` seconds have passed."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.event.wait()
+        except TimeoutError:
+            pass
+
     def take(self) -> bytes:
         self.event.clear()
         data = b"".join(self.chunks)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import cloudpickle
 from aiohttp import web
 
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
@@ -34,6 +35,7 @@ from bndl.worker.runner import HEARTBEAT_FRAME, TaskRunner
 log = logging.getLogger(__name__)
 
 READY_PREFIX = "BNDL_WORKER_READY"
+FRAMES_TYPE = "application/x-bndl-frames"
 
 _RUNNER = web.AppKey("runner", TaskRunner)
 
@@ -112,30 +114,37 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def run(request: web.Request) -> web.StreamResponse:
+    """Run the request's tasks; answer with their frames, streamed while any is running.
+
+    The response starts only when the first frame is ready (or a heartbeat is due): when every
+    task is done by then, which is the common case for short tasks, the frames go out as one plain
+    response, in a single write.
+    """
     runner = request.app[_RUNNER]
     try:
         tasks = decode_run(await request.read())
     except ValueError as e:
         return error_response(400, str(e))
     stream = runner.start(tasks)
-    response = web.StreamResponse(headers={"Content-Type": "application/x-bndl-frames"})
     interval = request.app[_WORKER].config.heartbeat_interval
+    response: web.StreamResponse | None = None
     try:
-        await response.prepare(request)
-        while stream.outstanding or stream.chunks:
-            if not stream.chunks:
-                try:
-                    async with asyncio.timeout(interval):
-                        await stream.event.wait()
-                except TimeoutError:
-                    await response.write(HEARTBEAT_FRAME)
-                    continue
-            await response.write(stream.take())
-        await response.write_eof()
+        while True:
+            if not stream.chunks and stream.outstanding:
+                await stream.wait(interval)
+            if stream.outstanding == 0:
+                body = stream.take()
+                if response is None:
+                    return web.Response(body=body, content_type=FRAMES_TYPE)
+                await response.write_eof(body)
+                return response
+            if response is None:
+                response = web.StreamResponse(headers={"Content-Type": FRAMES_TYPE})
+                await response.prepare(request)
+            await response.write(stream.take() or HEARTBEAT_FRAME)
     except (ConnectionError, asyncio.CancelledError):
         runner.abandon(stream)  # nobody can receive these outcomes any more
         raise
-    return response
 
 
 async def cancel(request: web.Request) -> web.Response:
@@ -153,7 +162,7 @@ async def fetch(request: web.Request) -> web.Response:
     except KeyError:
         return error_response(404, f"no result held under {key!r}")
     try:
-        body = await asyncio.to_thread(pickle.dumps, value, pickle.HIGHEST_PROTOCOL)
+        body = await asyncio.to_thread(cloudpickle.dumps, value, pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         return error_response(500, f"result {key} is not picklable: {type(e).__name__}: {e}")
     return web.Response(body=body, content_type=PICKLE_TYPE)
