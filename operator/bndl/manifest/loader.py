@@ -147,18 +147,19 @@ def _build(
     try:
         order = topological_order(list(expander.entries), expander.entry_deps())
     except CycleError as e:
-        where = expander.entries[e.path[0]].path
-        errors.append(
-            ManifestError(
-                where,
-                f"dependency cycle: {' -> '.join(e.path)} ('->' means 'depends on'): "
-                "remove one of these dependencies",
-            )
-        )
+        errors.append(_cycle_error(expander, e))
         return None, errors
     if errors:
         return None, errors
     return _plan(doc, list(expander.tasks(order)), source), []
+
+
+def _cycle_error(expander: Expander, cycle: CycleError) -> ManifestError:
+    return ManifestError(
+        expander.entries[cycle.path[0]].path,
+        f"dependency cycle: {' -> '.join(cycle.path)} ('->' means 'depends on'): "
+        "remove one of these dependencies",
+    )
 
 
 def _plain(obj: Any) -> Any:
