@@ -113,6 +113,19 @@ def test_many_tasks_in_one_request(worker: WorkerProcess) -> None:
     run(check)
 
 
+def test_concurrent_single_task_runs(worker: WorkerProcess) -> None:
+    async def check() -> None:
+        async with client(worker) as c:
+
+            async def one(i: int) -> object:
+                (completion,) = [x async for x in c.run([TaskItem(f"conc-{i}", abs, (-i,))])]
+                return completion.value
+
+            assert await asyncio.gather(*(one(i) for i in range(50))) == list(range(50))
+
+    run(check)
+
+
 def test_exception_comes_back_with_the_remote_traceback(worker: WorkerProcess) -> None:
     async def check() -> None:
         async with client(worker) as c:

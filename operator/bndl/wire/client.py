@@ -26,6 +26,7 @@ import yappi
 from yarl import URL
 
 from bndl.wire import frames
+from bndl.wire.coalesce import Coalescer
 from bndl.wire.errors import (
     TRANSPORT_ERRORS,
     ProtocolError,
@@ -64,6 +65,8 @@ class ClientSettings:
     """Connections open at once to one worker."""
     keepalive_timeout: float = 60.0
     """Seconds an idle pooled connection is kept."""
+    max_batch: int = 1000
+    """Most tasks sent in one run request when concurrent run calls are merged."""
 
 
 def create_session(settings: ClientSettings | None = None) -> aiohttp.ClientSession:
@@ -104,6 +107,7 @@ class WorkerClient:
         self._secret = secret
         self._session = session
         self.settings = settings or ClientSettings()
+        self._coalescer = Coalescer(self._run_request, self.settings.max_batch)
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.settings.connect_timeout,
@@ -178,14 +182,16 @@ class WorkerClient:
         """Run tasks on the worker and yield their completions as they finish.
 
         Tasks whose function or arguments cannot be pickled complete at once with the error.
-        Raises ``NotConnected`` when the worker cannot be reached, the stream breaks, or no frame
-        (result or heartbeat) arrives within ``heartbeat_timeout``.
+        Concurrent calls share one request (:mod:`bndl.wire.coalesce`). Raises ``NotConnected``
+        when the worker cannot be reached, the stream breaks, or no frame (result or heartbeat)
+        arrives within ``heartbeat_timeout``.
         """
         encoded: list[tuple[TaskItem, bytes]] = []
-        pending: set[str] = set()
+        keys: set[str] = set()
         for item in items:
-            if item.key in pending:
-                raise ValueError(f"duplicate task key in one run request: {item.key!r}")
+            if item.key in keys:
+                raise ValueError(f"duplicate task key in one run call: {item.key!r}")
+            keys.add(item.key)
             try:
                 encoded.append((item, encode_task(item)))
             except Exception as e:
@@ -194,10 +200,15 @@ class WorkerClient:
                 )
                 error.__cause__ = e
                 yield Completion(item.key, False, error)
-                continue
-            pending.add(item.key)
-        if not encoded:
-            return
+        if encoded:
+            async for completion in self._coalescer.run(encoded):
+                yield completion
+
+    async def _run_request(
+        self, encoded: Sequence[tuple[TaskItem, bytes]]
+    ) -> AsyncIterator[Completion]:
+        """One ``POST /v1/run`` with already pickled tasks, yielding completions as they come."""
+        pending = {item.key for item, _ in encoded}
         async with self._exchange(
             "POST", "/v1/run", encode_run(encoded), timeout=self._stream_timeout
         ) as response:
