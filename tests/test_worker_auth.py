@@ -172,3 +172,11 @@ def test_signed_request_runs(worker: WorkerProcess, tmp_path: Path) -> None:
         lambda: post(worker.url, "/v1/run", body, sign(SECRET, "POST", "/v1/run", body))
     )
     assert status == 200 and marker.read_text() == "ran\n"
+
+
+def test_undecodable_run_request_is_a_400_with_a_message(worker: WorkerProcess) -> None:
+    body = b"definitely not a pickle"
+    status, payload = run(
+        lambda: post(worker.url, "/v1/run", body, sign(SECRET, "POST", "/v1/run", body))
+    )
+    assert status == 400 and "malformed run request" in payload["error"]

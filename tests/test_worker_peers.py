@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 
-from bndl.execute.exceptions import DependenciesFailed
+from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 from bndl.wire import RemoteRef, TaskItem, WorkerClient, create_session
-from tests.test_worker_harness import SECRET, WorkerProcess, run, running_worker
+from tests.test_worker_harness import (
+    SECRET,
+    WorkerProcess,
+    eventually,
+    run,
+    running_on,
+    running_worker,
+)
 
 
 @pytest.fixture(scope="module")
@@ -103,5 +114,33 @@ def test_a_holder_that_died_is_reported(pair: tuple[WorkerProcess, WorkerProcess
                 with pytest.raises(DependenciesFailed) as raised:
                     await only(c1, TaskItem("d/b", abs, (ref(doomed, "d/a", ("d", 1)),)))
                 assert raised.value.failures == {doomed.name: [("d", 1)]}
+
+        run(check)
+
+
+def test_cancel_is_not_held_up_by_a_hanging_fetch(
+    pair: tuple[WorkerProcess, WorkerProcess],
+) -> None:
+    one, _ = pair
+    with running_worker("w-frozen") as frozen:
+
+        async def check() -> None:
+            async with create_session() as session:
+                c1 = WorkerClient(one.name, one.url, SECRET, session)
+                cf = WorkerClient(frozen.name, frozen.url, SECRET, session)
+                await only(cf, TaskItem("f/a", int, (1,), keep=True, reply=False))
+                os.kill(frozen.pid, signal.SIGSTOP)  # accepts connections, never answers
+                try:
+                    waiting = asyncio.ensure_future(
+                        only(c1, TaskItem("f/b", abs, (ref(frozen, "f/a"),)))
+                    )
+                    await eventually(lambda: running_on(c1, "f/b"))
+                    started = time.monotonic()
+                    await c1.cancel(["f/b"])
+                    with pytest.raises(TaskCancelled):
+                        await asyncio.wait_for(waiting, 10)
+                    assert time.monotonic() - started < 5
+                finally:
+                    os.kill(frozen.pid, signal.SIGCONT)
 
         run(check)
