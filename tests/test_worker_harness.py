@@ -25,10 +25,11 @@ import aiohttp
 import pytest
 
 from bndl.wire import ClientSettings, WorkerClient, create_session
+from bndl.worker import READY_PREFIX, parse_ready_line
 
 SECRET = b"test-cluster-secret"
 OPERATOR = str(Path(__file__).resolve().parent.parent / "operator")
-READY = "BNDL_WORKER_READY"
+READY = READY_PREFIX
 
 T = TypeVar("T")
 
@@ -84,10 +85,10 @@ def start_worker(name: str, *args: str, timeout: float = 30.0, **env: str) -> Wo
     )
     try:
         line = read_line(proc, timeout)
-        assert line.startswith(READY + " "), f"unexpected first line {line!r}"
-        info = json.loads(line[len(READY) + 1 :])
-        assert info["name"] == name and info["pid"] == proc.pid
-        return WorkerProcess(name, info["url"], proc)
+        announcement = parse_ready_line(line)
+        assert announcement is not None, f"unexpected first line {line!r}"
+        assert announcement.name == name and announcement.pid == proc.pid
+        return WorkerProcess(name, announcement.url, proc)
     except BaseException:
         proc.kill()
         proc.wait()
@@ -219,3 +220,12 @@ def test_sigterm_stops_the_worker_gracefully() -> None:
         assert w.proc.wait(timeout=10) == 0
     finally:
         w.stop()
+
+
+def test_ready_line_parsing() -> None:
+    assert parse_ready_line("some log line") is None
+    with pytest.raises(ValueError, match="malformed"):
+        parse_ready_line(READY_PREFIX + " {not json")
+    line = READY_PREFIX + ' {"name": "w", "url": "http://127.0.0.1:1", "pid": 7}\n'
+    announcement = parse_ready_line(line)
+    assert announcement is not None and (announcement.name, announcement.pid) == ("w", 7)

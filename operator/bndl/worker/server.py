@@ -4,7 +4,8 @@ Handlers stay thin: decoding and routing here, running tasks in :mod:`bndl.worke
 authentication in :mod:`bndl.worker.guard`. ``POST /v1/run`` answers with a stream of
 length-prefixed frames (:mod:`bndl.wire.frames`): one per finished task, written as soon as it is
 ready, and a heartbeat whenever ``heartbeat_interval`` passes without one, so a client can tell a
-hung worker from a slow task.
+hung worker from a slow task. When every task is done before the first frame would be written,
+the frames go out as one plain response instead.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.signing import Verifier
 from bndl.wire.tasks import decode_run
 from bndl.worker import profiling
+from bndl.worker.announce import Announcement, ready_line
 from bndl.worker.config import WorkerConfig
 from bndl.worker.context import WorkerInfo
 from bndl.worker.guard import error_response, guard
@@ -34,7 +36,6 @@ from bndl.worker.runner import HEARTBEAT_FRAME, TaskRunner
 
 log = logging.getLogger(__name__)
 
-READY_PREFIX = "BNDL_WORKER_READY"
 FRAMES_TYPE = "application/x-bndl-frames"
 
 _RUNNER = web.AppKey("runner", TaskRunner)
@@ -278,8 +279,7 @@ async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
     try:
         await web.SockSite(runner, sock).start()
         worker.ready = True
-        line = json.dumps({"name": config.name, "url": url, "pid": os.getpid()})
-        print(READY_PREFIX, line, flush=True)
+        print(ready_line(Announcement(config.name, url, os.getpid())), flush=True)
         await stop.wait()
         log.info("stopping worker %s", config.name)
         worker.ready = False
