@@ -36,7 +36,7 @@ def signature(
     message = "\n".join(
         (method.upper(), path, timestamp, nonce, hashlib.sha256(body).hexdigest())
     ).encode()
-    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+    return hmac.digest(secret, message, "sha256").hex()
 
 
 def sign(
