@@ -241,7 +241,7 @@ class SchedulerCore:
         for i in range(len(self._ids)):
             if self._state[i] == _SUCCEEDED:
                 self._emit(i, out)
-                continue
+            # Counted for succeeded tasks too: they may have to run again if their output is lost.
             remaining = 0
             for j in self._deps[i]:
                 if self._state[j] != _SUCCEEDED:
@@ -661,7 +661,20 @@ class SchedulerCore:
             out.append(Finished())
             return out
         self._fill(out)
+        if self._running_count == 0 and self._live:
+            # Nothing runs and nothing could be dispatched: only an impossible task can cause
+            # this (say, a task done before the job, forbidden everywhere, whose output is lost).
+            return self._fail(self._stall_error(), out)
         return out
+
+    def _stall_error(self) -> SchedulingError:
+        for i, state in enumerate(self._state):
+            if state == _READY and self._nowhere_to_run(i):
+                return self._forbidden_error(i)
+        return SchedulingError(  # pragma: no cover - an invariant of the core
+            f"the job stalled with {self._ready} ready and "
+            f"{len(self._ids) - self._succeeded - self._ready} blocked tasks"
+        )
 
     def _cancel_all(self, out: list[Decision]) -> None:
         for w, running in self._running.items():
