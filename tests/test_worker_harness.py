@@ -229,3 +229,30 @@ def test_ready_line_parsing() -> None:
     line = READY_PREFIX + ' {"name": "w", "url": "http://127.0.0.1:1", "pid": 7}\n'
     announcement = parse_ready_line(line)
     assert announcement is not None and (announcement.name, announcement.pid) == ("w", 7)
+
+
+def _spin() -> None:
+    while True:
+        pass
+
+
+def test_sigterm_cancels_running_tasks_and_exits() -> None:
+    from bndl.execute.exceptions import TaskCancelled
+    from bndl.wire import TaskItem
+
+    w = start_worker("w-term-busy")
+    try:
+
+        async def check() -> None:
+            async with client(w) as c:
+                stream = c.run([TaskItem("spinning", _spin)])
+                first = asyncio.ensure_future(stream.__anext__())
+                await eventually(lambda: running_on(c, "spinning"))
+                os.kill(w.pid, signal.SIGTERM)
+                completion = await asyncio.wait_for(first, 10)
+                assert isinstance(completion.error, TaskCancelled)
+
+        run(check)
+        assert w.proc.wait(timeout=10) == 0
+    finally:
+        w.stop()

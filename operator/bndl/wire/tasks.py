@@ -23,6 +23,7 @@ from typing import Any
 
 import cloudpickle
 
+from bndl.execute.exceptions import TaskCancelled
 from bndl.wire.errors import (
     ExceptionNotPicklable,
     RemoteTraceback,
@@ -83,6 +84,8 @@ class EncodedTask:
     def decode(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         try:
             fn, args, kwargs = pickle.loads(self.blob)
+        except TaskCancelled:
+            raise  # cancelled while importing the task's modules
         except Exception as e:
             raise TaskNotDecodable(
                 f"task {self.key} could not be unpickled on the worker: {type(e).__name__}: {e}"
