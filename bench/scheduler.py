@@ -22,7 +22,7 @@ def independent(n: int) -> Graph:
 
 
 def all_to_all(n: int) -> Graph:
-    maps = [("map", i) for i in range(n)]
+    maps: list[Hashable] = [("map", i) for i in range(n)]
     graph: Graph = {m: [] for m in maps}
     graph.update({("reduce", i): maps for i in range(n)})
     return graph
