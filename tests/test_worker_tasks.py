@@ -135,6 +135,7 @@ def test_exception_comes_back_with_the_remote_traceback(worker: WorkerProcess) -
             assert isinstance(error.__cause__, RemoteTraceback)
             assert "in inner" in error.__cause__.traceback
             assert "in fail_deep" in error.remote_traceback  # type: ignore[attr-defined]
+            assert "bndl/worker" not in error.remote_traceback  # type: ignore[attr-defined]
             printed = "".join(traceback.format_exception(error))
             assert "boom from the worker" in printed and "in inner" in printed
 

@@ -27,6 +27,7 @@ from bndl.wire.client import WorkerClient
 from bndl.wire.errors import NotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
 from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
+from bndl.worker import threads
 from bndl.worker.context import WorkerInfo, running_on
 from bndl.worker.store import ResultStore
 from bndl.worker.threads import Job, TaskThreads
@@ -103,7 +104,7 @@ class TaskJob(Job):
                 if self.task.keep:
                     self.runner.store.put(key, value)
         if not ok:
-            blob = encode_error(key, value)
+            blob = encode_error(key, _without_own_frames(value))
         frame = frames.encode((DONE, key, ok, blob))
         self.runner.loop.call_soon_threadsafe(self.runner.finished, self, frame)
 
@@ -133,8 +134,21 @@ class CallJob(Job):
             except Exception as e:
                 ok, value = False, e
         if not ok:
-            blob = encode_error(getattr(self.call[0], "__qualname__", "call"), value)
+            name = getattr(self.call[0], "__qualname__", "call")
+            blob = encode_error(name, _without_own_frames(value))
         self.runner.loop.call_soon_threadsafe(_set_result, self.future, (ok, blob))
+
+
+_OWN_FILES = frozenset({__file__, threads.__file__})
+
+
+def _without_own_frames(error: BaseException) -> BaseException:
+    """The error with the worker's own frames cut from the head of its traceback, so the remote
+    traceback starts in the task's code."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_frame.f_code.co_filename in _OWN_FILES:
+        tb = tb.tb_next
+    return error.with_traceback(tb)
 
 
 def _set_result(future: asyncio.Future[tuple[bool, bytes]], outcome: tuple[bool, bytes]) -> None:
