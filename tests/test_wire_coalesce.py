@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Sequence
 
+import pytest
+
 from bndl.execute.exceptions import NotConnected
 from bndl.wire import Completion, TaskItem
 from bndl.wire.coalesce import Coalescer, Encoded
@@ -104,5 +106,24 @@ def test_nothing_is_sent_for_a_run_that_is_never_iterated() -> None:
         coalescer.run(encoded("never"))
         await asyncio.sleep(0)
         assert worker.requests == []
+
+    asyncio.run(check())
+
+
+def test_close_stops_requests_in_flight() -> None:
+    async def check() -> None:
+        started = asyncio.Event()
+
+        async def endless(batch: Sequence[Encoded]) -> AsyncIterator[Completion]:
+            started.set()
+            await asyncio.Event().wait()
+            yield Completion("never", True, None)
+
+        coalescer = Coalescer(endless)
+        waiting = asyncio.ensure_future(collect(coalescer, "a"))
+        await started.wait()
+        await coalescer.close()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
 
     asyncio.run(check())

@@ -184,7 +184,8 @@ class WorkerClient:
         Tasks whose function or arguments cannot be pickled complete at once with the error.
         Concurrent calls share one request (:mod:`bndl.wire.coalesce`). Raises ``NotConnected``
         when the worker cannot be reached, the stream breaks, or no frame (result or heartbeat)
-        arrives within ``heartbeat_timeout``.
+        arrives within ``heartbeat_timeout``. Leaving the iteration early does not stop the
+        tasks: use :meth:`cancel`.
         """
         encoded: list[tuple[TaskItem, bytes]] = []
         keys: set[str] = set()
@@ -203,6 +204,10 @@ class WorkerClient:
         if encoded:
             async for completion in self._coalescer.run(encoded):
                 yield completion
+
+    async def close(self) -> None:
+        """Stop this client's run requests in flight (the shared session stays open)."""
+        await self._coalescer.close()
 
     async def _run_request(
         self, encoded: Sequence[tuple[TaskItem, bytes]]

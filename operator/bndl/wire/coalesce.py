@@ -50,6 +50,13 @@ class Coalescer:
             remaining.discard(outcome.key)
             yield outcome
 
+    async def close(self) -> None:
+        """Stop the requests in flight; calls still waiting on them raise ``CancelledError``."""
+        requests = list(self._requests)
+        for request in requests:
+            request.cancel()
+        await asyncio.gather(*requests, return_exceptions=True)
+
     def _flush(self) -> None:
         self._scheduled = False
         if not self._batch:
