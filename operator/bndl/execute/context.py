@@ -165,6 +165,7 @@ class ExecutionContext:
         self.jobs.append(job)
         results: queue.SimpleQueue[Any] = queue.SimpleQueue()
         scheduler = Scheduler(job.tasks, results.put, workers, concurrency, attempts)
+        job.counter = scheduler.counts
         scheduler.start()
         try:
             if order_results:

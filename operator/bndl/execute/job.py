@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from bndl.execute.context import ExecutionContext
+    from bndl.execute.core import Counts
     from bndl.execute.workers import Worker
 
 _job_ids = itertools.count(1)
@@ -55,6 +56,11 @@ class Job:
         self.name = name or f"job {self.id}"
         self.desc = desc
         self._groups: dict[str, list[Task]] = {}
+        self.counter: Callable[[], Counts] | None = None  # set while (and after) it executes
+
+    def counts(self) -> Counts | None:
+        """Progress of the job's latest execution: done, running, retried, recomputed..."""
+        return self.counter() if self.counter is not None else None
 
     def group(self, name: str) -> list[Task]:
         """The tasks whose ``group`` is ``name``."""

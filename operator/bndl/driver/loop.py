@@ -1,0 +1,77 @@
+"""An asyncio event loop on a thread of its own, for the synchronous Python API.
+
+``ExecutionContext.execute`` is a plain generator, so the HTTP client needs a loop that runs while
+the caller's thread blocks on results. One loop and one ``aiohttp.ClientSession`` serve every
+worker of a driver; completions arrive on this thread, where the scheduler handles them at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine
+from concurrent.futures import Future
+from typing import Any, TypeVar
+
+import aiohttp
+
+from bndl.wire import ClientSettings, create_session
+
+T = TypeVar("T")
+
+
+class DriverLoop:
+    """A running event loop with the driver's shared client session."""
+
+    def __init__(self, settings: ClientSettings | None = None, name: str = "bndl-driver") -> None:
+        self.settings = settings or ClientSettings()
+        self.loop = asyncio.new_event_loop()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
+        self._thread.start()
+        self._started.wait()
+        self.session: aiohttp.ClientSession = self.run(self._create_session()).result()
+
+    async def _create_session(self) -> aiohttp.ClientSession:
+        return create_session(self.settings)
+
+    def _main(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(self._started.set)
+        self.loop.run_forever()
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread.ident
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run ``coro`` on the loop; returns a concurrent future of its outcome."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        """Start ``coro`` on the loop without waiting; cheap when called on the loop thread."""
+        if self.in_loop_thread():
+            task = self.loop.create_task(coro)
+            _keep(task)
+        else:
+            self.loop.call_soon_threadsafe(lambda: _keep(self.loop.create_task(coro)))
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Close the session and stop the loop thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self.run(self.session.close()).result(timeout)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(timeout)
+            if not self._thread.is_alive():
+                self.loop.close()
+
+
+_background: set[asyncio.Task[Any]] = set()
+
+
+def _keep(task: asyncio.Task[Any]) -> None:
+    """Hold a reference to a fire-and-forget task until it ends (asyncio keeps only weak ones)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
