@@ -163,10 +163,24 @@ async def fetch(request: web.Request) -> web.Response:
     except KeyError:
         return error_response(404, f"no result held under {key!r}")
     try:
-        body = await asyncio.to_thread(cloudpickle.dumps, value, pickle.HIGHEST_PROTOCOL)
+        if _small(value):
+            body = pickle.dumps(value, pickle.HIGHEST_PROTOCOL)
+        else:  # off the loop: pickling a large value would stall every other request
+            body = await asyncio.to_thread(cloudpickle.dumps, value, pickle.HIGHEST_PROTOCOL)
     except Exception as e:
         return error_response(500, f"result {key} is not picklable: {type(e).__name__}: {e}")
     return web.Response(body=body, content_type=PICKLE_TYPE)
+
+
+_SCALARS = (int, float, complex, bool, type(None))
+_SMALL = 64 * 1024
+
+
+def _small(value: object) -> bool:
+    """Whether a value is cheap enough to pickle on the event loop."""
+    if isinstance(value, _SCALARS):
+        return True
+    return isinstance(value, str | bytes) and len(value) <= _SMALL
 
 
 async def release(request: web.Request) -> web.Response:
