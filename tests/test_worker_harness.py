@@ -28,7 +28,8 @@ from bndl.wire import ClientSettings, WorkerClient, create_session
 from bndl.worker import READY_PREFIX, parse_ready_line
 
 SECRET = b"test-cluster-secret"
-OPERATOR = str(Path(__file__).resolve().parent.parent / "operator")
+ROOT = Path(__file__).resolve().parent.parent
+OPERATOR = str(ROOT / "operator")
 READY = READY_PREFIX
 
 T = TypeVar("T")
@@ -36,7 +37,9 @@ T = TypeVar("T")
 
 def worker_env(**extra: str) -> dict[str, str]:
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [OPERATOR, env.get("PYTHONPATH")]))
+    # the repository root too: tasks defined in test modules are pickled by reference
+    path = [OPERATOR, str(ROOT), env.get("PYTHONPATH")]
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
     env["BNDL_SECRET"] = SECRET.decode()
     env.update(extra)
     return env
