@@ -104,3 +104,15 @@ def test_undecodable_outcome_fails_only_that_task() -> None:
     completion = decode_outcome("k", True, b"\x80\x05cmissing_mod\nf\n.")
     assert isinstance(completion.error, TaskNotDecodable)
     assert "result of task k could not be unpickled" in str(completion.error)
+
+
+def test_results_round_trip_and_unpicklable_values() -> None:
+    from bndl.wire.tasks import decode_results, encode_results
+
+    body = encode_results({"a": [1], "b": "x"})
+    assert {k: pickle.loads(v) for k, v in decode_results(body).items()} == {"a": [1], "b": "x"}
+    assert decode_results(b"") == {}
+    with pytest.raises(ResultNotPicklable, match="result of task lock"):
+        decode_results(encode_results({"ok": 1, "lock": threading.Lock()}))
+    with pytest.raises(frames.FrameError, match="truncated"):
+        decode_results(body[:-1])

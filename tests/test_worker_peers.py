@@ -67,6 +67,21 @@ def test_refs_resolve_from_a_peer_and_locally(pair: tuple[WorkerProcess, WorkerP
     run(check)
 
 
+def test_many_inputs_from_one_peer(pair: tuple[WorkerProcess, WorkerProcess]) -> None:
+    one, two = pair
+
+    async def check() -> None:
+        async with create_session() as session:
+            c1 = WorkerClient(one.name, one.url, SECRET, session)
+            c2 = WorkerClient(two.name, two.url, SECRET, session)
+            items = [TaskItem(f"m/{i}", int, (i,), keep=True, reply=False) for i in range(300)]
+            assert all([c.ok async for c in c1.run(items)])
+            refs = [ref(one, f"m/{i}") for i in range(300)]
+            assert await only(c2, TaskItem("m/sum", sum, (refs,))) == sum(range(300))
+
+    run(check)
+
+
 def test_lost_inputs_fail_with_dependencies_failed_grouped_by_holder(
     pair: tuple[WorkerProcess, WorkerProcess],
 ) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import pickle
 import sys
 import threading
 import traceback
@@ -20,6 +21,7 @@ from bndl.wire import (
     Completion,
     ExceptionNotPicklable,
     NotFound,
+    ProtocolError,
     RemoteTraceback,
     ResultNotPicklable,
     TaskAborted,
@@ -255,11 +257,31 @@ def test_kept_results_are_held_fetched_and_released(worker: WorkerProcess) -> No
             assert {"job1/a", "job1/b", "job2/c"} <= set(held["held"])
             assert "not-kept" not in held["held"]
             assert await c.fetch("job1/b") == "7"
+            many = await c.fetch_many(["job1/a", "job1/b", "not-kept"])
+            assert {k: pickle.loads(v) for k, v in many.items()} == {
+                "job1/a": [0, 1, 2],
+                "job1/b": "7",
+            }
             with pytest.raises(NotFound):
                 await c.fetch("not-kept")
             assert await c.release(prefix="job1/") == 2
             assert await c.release(["job2/c", "never-held"]) == 1
             assert not {"job1/a", "job1/b", "job2/c"} & set((await c.held())["held"])
+
+    run(check)
+
+
+def test_a_kept_unpicklable_result_fails_when_fetched(worker: WorkerProcess) -> None:
+    async def check() -> None:
+        async with client(worker) as c:
+            kept = await run_one(c, TaskItem("lock", threading.Lock, keep=True, reply=False))
+            assert kept.ok  # never pickled: only the worker uses it so far
+            with pytest.raises(ProtocolError, match="result lock is not picklable") as raised:
+                await c.fetch("lock")
+            assert raised.value.status == 500
+            with pytest.raises(ResultNotPicklable, match="result of task lock is not picklable"):
+                await c.fetch_many(["lock"])
+            assert await c.release(["lock"]) == 1
 
     run(check)
 

@@ -40,6 +40,7 @@ from bndl.wire.tasks import (
     Completion,
     TaskItem,
     decode_outcome,
+    decode_results,
     encode_run,
     encode_task,
     with_remote_traceback,
@@ -248,6 +249,19 @@ class WorkerClient:
     async def fetch(self, key: str) -> Any:
         """The result held under ``key``; ``NotFound`` if the worker does not hold it."""
         return pickle.loads(await self.fetch_bytes(key))
+
+    async def fetch_many(self, keys: Iterable[str]) -> dict[str, bytes]:
+        """The pickled results held under ``keys``, in one request; keys the worker does not
+        hold are left out. ``ResultNotPicklable`` if a held value cannot be pickled."""
+        body = json.dumps({"keys": list(keys)}).encode()
+        async with self._exchange(
+            "POST", "/v1/results/fetch", body, content_type=JSON_TYPE
+        ) as response:
+            data = await response.read()
+        try:
+            return decode_results(data)
+        except frames.FrameError as e:
+            raise ProtocolError(f"undecodable results: {e}", self.name) from e
 
     async def release(self, keys: Iterable[str] = (), prefix: str | None = None) -> int:
         """Drop held results by key and/or key prefix; returns how many were dropped."""

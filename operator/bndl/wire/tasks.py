@@ -24,6 +24,7 @@ from typing import Any
 import cloudpickle
 
 from bndl.execute.exceptions import TaskCancelled
+from bndl.wire import frames
 from bndl.wire.errors import (
     ExceptionNotPicklable,
     RemoteTraceback,
@@ -131,6 +132,31 @@ def encode_result(key: str, value: Any) -> bytes:
             f"{type(e).__name__}: {e}"
         ) from e
     return blob
+
+
+def encode_results(values: dict[str, Any]) -> bytes:
+    """Frames of held results: ``("result", key, blob)``, or ``("error", key, message)`` for a
+    value that cannot be pickled."""
+    chunks = []
+    for key, value in values.items():
+        try:
+            chunks.append(frames.encode(("result", key, encode_result(key, value))))
+        except ResultNotPicklable as e:
+            chunks.append(frames.encode(("error", key, str(e))))
+    return b"".join(chunks)
+
+
+def decode_results(body: bytes) -> dict[str, bytes]:
+    """The pickled results in a :func:`encode_results` body; raises ResultNotPicklable."""
+    decoder = frames.FrameDecoder()
+    results = {}
+    for kind, key, payload in decoder.feed(body):
+        if kind == "error":
+            raise ResultNotPicklable(payload)
+        results[key] = payload
+    if decoder.pending:
+        raise frames.FrameError("truncated results")
+    return results
 
 
 def encode_error(key: str, error: BaseException) -> bytes:

@@ -24,7 +24,6 @@ from typing import Any
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.wire import frames
 from bndl.wire.client import WorkerClient
-from bndl.wire.errors import NotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
 from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
 from bndl.worker import threads
@@ -300,18 +299,25 @@ class TaskRunner:
                 raise
 
     async def _fetch(self, refs: dict[str, RemoteRef]) -> dict[str, bytes]:
-        """The pickled values of remote refs; refs whose holder is gone or lost them are left
-        out."""
+        """The pickled values of remote refs, one request per holder; refs whose holder is gone
+        or no longer holds them are left out."""
+        by_holder: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
+        for key, ref in refs.items():
+            by_holder[(ref.holder, ref.holder_url)].append(key)
 
-        async def one(ref: RemoteRef) -> bytes | None:
+        async def from_holder(holder: str, url: str, keys: list[str]) -> dict[str, bytes]:
             try:
-                return await self._peers(ref.holder, ref.holder_url).fetch_bytes(ref.key)
-            except (NotConnected, NotFound) as e:
-                log.info("input %s of task is lost on %s: %s", ref.key, ref.holder, e)
-                return None
+                return await self._peers(holder, url).fetch_many(keys)
+            except NotConnected as e:
+                log.info("inputs %s are lost with %s: %s", keys, holder, e)
+                return {}
 
-        blobs = await asyncio.gather(*(one(ref) for ref in refs.values()))
-        return {key: blob for key, blob in zip(refs, blobs, strict=True) if blob is not None}
+        fetched: dict[str, bytes] = {}
+        for blobs in await asyncio.gather(
+            *(from_holder(holder, url, keys) for (holder, url), keys in by_holder.items())
+        ):
+            fetched.update(blobs)
+        return fetched
 
 
 def _failure_frame(key: str, error: BaseException) -> bytes:

@@ -11,6 +11,7 @@ the frames go out as one plain response instead.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from aiohttp import web
 
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.signing import Verifier
-from bndl.wire.tasks import decode_run
+from bndl.wire.tasks import decode_run, encode_results
 from bndl.worker import profiling
 from bndl.worker.announce import Announcement, ready_line
 from bndl.worker.config import WorkerConfig
@@ -79,6 +80,7 @@ class Worker:
         app.router.add_post("/v1/run", run)
         app.router.add_post("/v1/cancel", cancel)
         app.router.add_get("/v1/results/{key}", fetch)
+        app.router.add_post("/v1/results/fetch", fetch_many)
         app.router.add_post("/v1/results/release", release)
         app.router.add_get("/v1/held", held)
         app.router.add_post("/v1/call", call)
@@ -170,6 +172,23 @@ async def fetch(request: web.Request) -> web.Response:
     except Exception as e:
         return error_response(500, f"result {key} is not picklable: {type(e).__name__}: {e}")
     return web.Response(body=body, content_type=PICKLE_TYPE)
+
+
+async def fetch_many(request: web.Request) -> web.Response:
+    """Several results in one response: a frame per held key (see ``WorkerClient.fetch_many``)."""
+    keys = await _json_field(request, "keys")
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        return error_response(400, '"keys" must be a list of strings')
+    store = request.app[_RUNNER].store
+    values = {}
+    for key in keys:
+        with contextlib.suppress(KeyError):  # not held: left out of the answer
+            values[key] = store.get(key)
+    if all(_small(value) for value in values.values()):
+        body = encode_results(values)
+    else:
+        body = await asyncio.to_thread(encode_results, values)
+    return web.Response(body=body, content_type=FRAMES_TYPE)
 
 
 _SCALARS = (int, float, complex, bool, type(None))
