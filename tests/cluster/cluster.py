@@ -40,6 +40,7 @@ the namespace deleted and the run directory removed.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -54,6 +55,7 @@ import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -82,6 +84,9 @@ T = TypeVar("T")
 ETCD_CLIENT = "http://127.0.0.1:2379"
 APISERVER_IN_NETNS = f"https://{config.CONTROL_PLANE_IP}:{config.APISERVER_PORT}"
 CLUSTER_DNS_PROBE = f"kubernetes.default.svc.{config.CLUSTER_DOMAIN}"
+DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
+HOST_DIRS = (DEVICE_PLUGINS.parent, DEVICE_PLUGINS)
+HOST_DIRS_MARKER = ".host-dirs-created"
 
 
 class ClusterError(RuntimeError):
@@ -194,7 +199,6 @@ class Cluster:
         self.kubeconfig_in_netns = self.dir / "admin-netns.kubeconfig"
         self.images_dir = self.dir / "images"
         self.logs = self.dir / "logs"
-        self._admin: Cert | None = None
         self._stopped = False
         self._started = False
         self._lock = threading.Lock()
@@ -248,7 +252,9 @@ class Cluster:
         return self.kubectl("apply", *ns, "-f", "-", input=manifest)
 
     @staticmethod
-    def wait_for(predicate: Callable[[], T], timeout: float = 60, what: str = "condition") -> T:
+    def wait_for(
+        predicate: Callable[[], T | None], timeout: float = 60, what: str = "condition"
+    ) -> T:
         return wait_for(predicate, timeout, what)
 
     def exec_in_netns(self, cmd: Sequence[str], check: bool = True, timeout: float = 60) -> Any:
@@ -370,6 +376,10 @@ class Cluster:
             )
         if self._started:
             raise ClusterError("already started")
+        if self.dir.exists():
+            raise ClusterError(f"{self.dir} exists: another run with this name? (down it first)")
+        if self.netns.exists():
+            raise ClusterError(f"network namespace {self.netns.name} exists already")
         self._started = True
         try:
             self._start_all(preload, timeout)
@@ -380,15 +390,16 @@ class Cluster:
 
     def _start_all(self, preload: Sequence[str], timeout: float) -> None:
         t0 = time.monotonic()
-        if self.dir.exists():
-            raise ClusterError(f"{self.dir} exists: another run with this name? (down it first)")
         self.dir.mkdir(parents=True)
         self.logs.mkdir()
         self._save_state()
+        # The run directory becomes a shared mount: each kubelet runs in a mount namespace of its
+        # own (below), and its volume mounts under the run directory must reach containerd.
+        run(["mount", "--bind", str(self.dir), str(self.dir)])
+        run(["mount", "--make-shared", str(self.dir)])
+        self._ensure_host_dirs()
 
         # Network namespace and the addresses that live on its loopback.
-        if self.netns.exists():
-            raise ClusterError(f"network namespace {self.netns.name} exists already")
         self.netns.create()
         self._save_state()
         for ip in [config.CONTROL_PLANE_IP, config.DNS_IP, *[n.ip for n in self.nodes]]:
@@ -460,23 +471,33 @@ class Cluster:
             f"kubernetes.default.svc.{config.CLUSTER_DOMAIN}",
             "localhost",
         )
-        p.issue(
-            "apiserver",
-            "kube-apiserver",
-            server=True,
-            ips=("127.0.0.1", config.CONTROL_PLANE_IP, config.KUBERNETES_SERVICE_IP),
-            dns=sans_dns,
-        )
-        p.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",),
-                client=True)  # fmt: skip
-        self._admin = p.issue("admin", "bndl-admin", ("system:masters",), client=True)
-        p.issue("kcm", "system:kube-controller-manager", client=True)
-        p.issue("scheduler", "system:kube-scheduler", client=True)
-        p.issue("kube-proxy", "system:kube-proxy", client=True)
-        p.issue("coredns", "system:coredns", client=True)
+        ips = ("127.0.0.1", config.CONTROL_PLANE_IP, config.KUBERNETES_SERVICE_IP)
+        jobs: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+            (("apiserver", "kube-apiserver"), {"server": True, "ips": ips, "dns": sans_dns}),
+            (("apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",)),
+             {"client": True}),
+            (("admin", "bndl-admin", ("system:masters",)), {"client": True}),
+            (("kcm", "system:kube-controller-manager"), {"client": True}),
+            (("scheduler", "system:kube-scheduler"), {"client": True}),
+            (("kube-proxy", "system:kube-proxy"), {"client": True}),
+            (("coredns", "system:coredns"), {"client": True}),
+        ]  # fmt: skip
         for n in self.nodes:
-            p.issue(f"kubelet-{n.name}", f"system:node:{n.name}", ("system:nodes",), client=True)
-            p.issue(f"kubelet-{n.name}-serving", n.name, server=True, ips=(n.ip,), dns=(n.name,))
+            jobs.append(
+                (
+                    (f"kubelet-{n.name}", f"system:node:{n.name}", ("system:nodes",)),
+                    {"client": True},
+                )
+            )
+            jobs.append(
+                (
+                    (f"kubelet-{n.name}-serving", n.name),
+                    {"server": True, "ips": (n.ip,), "dns": (n.name,)},
+                )
+            )
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            for f in [pool.submit(p.issue, *a, **kw) for a, kw in jobs]:
+                f.result()
 
     def _cert(self, name: str) -> Cert:
         return Cert(self.pki.dir / f"{name}.crt", self.pki.dir / f"{name}.key")
@@ -728,9 +749,34 @@ temp = "{c / "tmp"}"
     def _kube_proxy_cmd(self) -> list[str]:
         return [self._bin("kube-proxy"), f"--config={self.dir / 'kube-proxy.yaml'}"]
 
+    def _ensure_host_dirs(self) -> None:
+        """The kubelet's device-plugin socket path is fixed (not under --root-dir): every kubelet
+        gets its own directory bind-mounted there, in a mount namespace of its own. If the mount
+        point is missing it is created, noted in a marker file, and removed by the last run."""
+        marker = self.dir.parent / HOST_DIRS_MARKER
+        created = [str(d) for d in HOST_DIRS if not d.exists()]
+        for d in created:
+            Path(d).mkdir()
+        if created:
+            with marker.open("a") as f:
+                f.write("".join(f"{d}\n" for d in created))
+
+    def _remove_host_dirs(self) -> None:
+        marker = self.dir.parent / HOST_DIRS_MARKER
+        if not marker.exists() or any(d.is_dir() for d in self.dir.parent.iterdir()):
+            return  # another run still uses them (it removes them when it ends)
+        for d in reversed(marker.read_text().split()):
+            with contextlib.suppress(OSError):
+                Path(d).rmdir()
+        marker.unlink()
+
     def _kubelet_cmd(self, n: Node) -> list[str]:
         labels = ",".join(f"{k}={v}" for k, v in n.labels.items())
+        (n.dir / "device-plugins").mkdir(exist_ok=True)
         return [
+            "unshare", "--mount", "--propagation", "unchanged", "--",
+            "sh", "-c", 'mount --bind "$0" "$1" && shift && exec "$@"',
+            str(n.dir / "device-plugins"), str(DEVICE_PLUGINS),
             self._bin("kubelet"), f"--config={n.dir / 'kubelet.yaml'}",
             f"--kubeconfig={self.dir / f'kubelet-{n.name}.kubeconfig'}",
             f"--root-dir={n.dir / 'root'}", f"--hostname-override={n.name}",
@@ -779,15 +825,14 @@ subjects:
 """
         )
 
+    def _containerd_up(self, n: Node) -> bool:
+        cmd = [self._bin("ctr"), "-a", str(n.socket), "version"]
+        return run(cmd, check=False, timeout=10).returncode == 0
+
     def _load_pause(self) -> None:
         for n in self.nodes:
             self._wait(
-                lambda n=n: (
-                    run(  # type: ignore[misc]
-                        [self._bin("ctr"), "-a", str(n.socket), "version"], check=False, timeout=10
-                    ).returncode
-                    == 0
-                ),
+                partial(self._containerd_up, n),
                 60,
                 f"containerd of {n.name}",
                 f"containerd-{n.name}",
@@ -842,9 +887,7 @@ subjects:
             rec = self.procs.get(f"containerd-{n.name}")
             if rec is not None and rec.alive():
                 crictl = [self._bin("crictl"), "-r", f"unix://{n.socket}", "-t", "30s"]
-                step(
-                    f"remove pods of {n.name}", lambda c=crictl: run([*c, "rmp", "-fa"], timeout=90)
-                )
+                step(f"remove pods of {n.name}", partial(run, [*crictl, "rmp", "-fa"], timeout=90))
         others = ["kube-proxy", "coredns", "forwarder", "kube-controller-manager", "kube-scheduler"]
         step(
             "stop services",
@@ -853,7 +896,7 @@ subjects:
         step("stop containerd", lambda: stop_processes(procs("containerd-"), 15))
         # Shims (and their containers) of this run that outlived containerd.
         for n in self.nodes:
-            step(f"kill shims of {n.name}", lambda n=n: kill_pids(pids_with_arg(str(n.socket))))
+            step(f"kill shims of {n.name}", partial(_kill_with_arg, str(n.socket)))
         if self.dir.exists():
             step("kill processes rooted in the run", lambda: kill_pids(pids_rooted_under(self.dir)))
         step("stop apiserver", lambda: stop_processes(procs("kube-apiserver"), 20))
@@ -869,13 +912,18 @@ subjects:
         step("delete netns", self.netns.delete)
         if self.dir.exists() and not mounts_under(self.dir):
             step("remove run dir", lambda: shutil.rmtree(self.dir))
+        step("remove host dirs", self._remove_host_dirs)
         return problems
+
+
+def _kill_with_arg(fragment: str) -> None:
+    kill_pids(pids_with_arg(fragment))
 
 
 def reap_stale_runs(runs: Path | None = None, owner: str = "pytest") -> list[str]:
     """Tear down runs of ``owner`` whose owning process is gone (a killed earlier test session)."""
     root = runs or config.RUNS
-    reaped = []
+    reaped: list[str] = []
     if not root.exists():
         return reaped
     for d in sorted(root.iterdir()):

@@ -6,6 +6,7 @@ conventions (CN = user, O = group). The service-account signing key is a separat
 
 from __future__ import annotations
 
+import secrets
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +27,6 @@ class Cert:
 class PKI:
     def __init__(self, directory: Path) -> None:
         self.dir = directory
-        self.dir.mkdir(parents=True, exist_ok=True)
         self.ca = Cert(self.dir / "ca.crt", self.dir / "ca.key")
         self.sa_key = self.dir / "sa.key"
         self.sa_pub = self.dir / "sa.pub"
@@ -37,6 +37,7 @@ class PKI:
         )
 
     def init(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
         self._genkey(self.ca.key)
         _openssl(
             "req", "-x509", "-new", "-key", str(self.ca.key), "-days", "3",
@@ -79,7 +80,8 @@ class PKI:
         extfile.write_text("\n".join(ext) + "\n")
         _openssl(
             "x509", "-req", "-in", str(csr), "-CA", str(self.ca.crt), "-CAkey", str(self.ca.key),
-            "-CAcreateserial", "-days", "3", "-extfile", str(extfile), "-out", str(cert.crt),
+            "-set_serial", str(secrets.randbits(63)), "-days", "3", "-extfile", str(extfile),
+            "-out", str(cert.crt),
             cwd=self.dir,
         )  # fmt: skip
         csr.unlink()

@@ -29,7 +29,7 @@ class WaitTimeout(TimeoutError):
 
 
 def wait_for(
-    predicate: Callable[[], T],
+    predicate: Callable[[], T | None],
     timeout: float,
     what: str = "condition",
     interval: float = 0.25,
