@@ -154,7 +154,9 @@ class LocalCluster:
                     # Keep draining stdout so a chatty task cannot block the worker on a pipe;
                     # what tasks print goes to the driver's stderr, away from its results.
                     threading.Thread(
-                        target=_drain, args=(process.stdout,), name=f"stdout-local-{index}",
+                        target=_drain,
+                        args=(process.stdout,),
+                        name=f"stdout-local-{index}",
                         daemon=True,
                     ).start()
                     return announcement.url, announcement.name

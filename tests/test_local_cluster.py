@@ -1,0 +1,179 @@
+"""The engine on real worker processes (LocalCluster): results, faults and cancellation."""
+
+from __future__ import annotations
+
+import operator
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bndl.execute.context import ExecutionContext
+from bndl.execute.exceptions import TaskCancelled
+from bndl.execute.job import Job, ResultOf, RmiTask
+from bndl.execute.workers import Worker
+from bndl.local import LocalCluster
+from bndl.local.cluster import WorkerProcess
+from bndl.wire import ClientSettings
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met in time")
+        time.sleep(0.01)
+
+
+def wait_for_file(path: str, timeout: float = 60.0) -> None:
+    """Runs on a worker: block until the test creates ``path``."""
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+
+
+def value_of(i: int) -> int:
+    return i * 10
+
+
+def reduce_after(go: str, started: str, *values: int) -> int:
+    Path(started).touch()
+    wait_for_file(go)
+    return sum(values)
+
+
+def spin_until_cancelled(started: str, marker: str) -> None:
+    Path(started).touch()
+    try:
+        while True:
+            pass
+    except TaskCancelled:
+        Path(marker).touch()
+        raise
+
+
+class Prefers(RmiTask):
+    """An RmiTask that prefers one worker (a preference, not a requirement)."""
+
+    def __init__(self, *args: Any, prefer: str, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.prefer = prefer
+
+    def locality(self, workers: Iterable[Worker]) -> list[tuple[Worker, float]]:
+        return [(w, 1.0) for w in workers if w.name == self.prefer]
+
+
+def by_name(cluster: LocalCluster, name: str) -> WorkerProcess:
+    (process,) = [p for p in cluster.processes if p.worker.name == name]
+    return process
+
+
+def test_a_dag_runs_on_worker_processes() -> None:
+    with LocalCluster(workers=2) as ctx:
+        a = RmiTask(ctx, "a", sum, (range(10),))
+        b = RmiTask(ctx, "b", operator.mul, (ResultOf("a"), 2)).depends_on(a)
+        c = RmiTask(ctx, "c", operator.add, (ResultOf("a"), 1)).depends_on(a)
+        d = RmiTask(ctx, "d", operator.add, (ResultOf("b"), ResultOf("c"))).depends_on(b, c)
+        results = {t.id: t.result() for t in ctx.execute(Job(ctx, [a, b, c, d]), concurrency=2)}
+        assert results == {"a": 45, "b": 90, "c": 46, "d": 136}
+        assert ctx.await_workers() == 2
+
+
+def test_remote_exception_keeps_its_type_and_traceback() -> None:
+    with LocalCluster(workers=1) as ctx:
+        job = Job(ctx, [RmiTask(ctx, "bad", int, ("not a number",))])
+        with pytest.raises(ValueError, match="invalid literal") as info:
+            list(ctx.execute(job))
+        assert "int" in "".join(str(c) for c in [info.value.__cause__])
+
+
+def test_kill_9_mid_job_recomputes_lost_outputs_and_charges_nothing(tmp_path: Path) -> None:
+    go = str(tmp_path / "go")
+    with LocalCluster(workers=2) as ctx:
+        maps = [Prefers(ctx, ("map", i), value_of, (i,), prefer=f"local-{i % 2}") for i in range(4)]
+        reduces = []
+        for i in range(4):
+            args = (go, str(tmp_path / f"started-{i}"), *(ResultOf(m.id) for m in maps))
+            reduces.append(RmiTask(ctx, ("reduce", i), reduce_after, args).depends_on(*maps))
+        job = Job(ctx, [*maps, *reduces])
+        results = ctx.execute(job, order_results=False, concurrency=1, attempts=1)
+        seen = []
+        for task in results:
+            seen.append(task.id)
+            if len(seen) == 4:  # every map done: two reduces start, one per worker
+                wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2)
+                victim = by_name(cluster_of(ctx), "local-1")
+                os.kill(victim.pid, signal.SIGKILL)
+                victim.process.wait()
+                Path(go).touch()
+        assert sorted(seen) == sorted(t.id for t in job.tasks)
+        assert len(seen) == len(set(seen))
+        assert all(r.result() == sum(value_of(i) for i in range(4)) for r in reduces)
+        counts = job.counts()
+        assert counts is not None
+        assert counts.recomputed >= 2, counts  # the maps that lived only on local-1
+        assert counts.lost_runs >= 1 and counts.retried == 0
+        assert [w.name for w in ctx.workers] == ["local-0"]
+
+
+def test_closing_the_generator_stops_running_tasks(tmp_path: Path) -> None:
+    with LocalCluster(workers=2) as ctx:
+        tasks = [RmiTask(ctx, "quick", int)]
+        tasks += [
+            RmiTask(
+                ctx,
+                f"spin-{i}",
+                spin_until_cancelled,
+                (str(tmp_path / f"started-{i}"), str(tmp_path / f"cancelled-{i}")),
+            )
+            for i in range(2)
+        ]
+        gen = ctx.execute(Job(ctx, tasks), order_results=False, concurrency=2)
+        assert next(gen).id == "quick"
+        wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2)
+        gen.close()
+        wait_until(lambda: len(list(tmp_path.glob("cancelled-*"))) == 2)
+        # The workers are still fine.
+        (task,) = ctx.execute(Job(ctx, [RmiTask(ctx, "after", abs, (-3,))]))
+        assert task.result() == 3
+
+
+def test_a_hung_worker_is_detected_by_timeouts(tmp_path: Path) -> None:
+    settings = ClientSettings(heartbeat_timeout=1.0, connect_timeout=1.0)
+    cluster = LocalCluster(workers=2, settings=settings)
+    with cluster as ctx:
+        started = tmp_path / "started"
+        go = str(tmp_path / "go")
+        tasks = [RmiTask(ctx, i, reduce_after, (go, str(started) + f"-{i}", i)) for i in range(2)]
+        job = Job(ctx, tasks)
+        outcome: list[Any] = []
+        consumer = threading.Thread(
+            target=lambda: outcome.extend(
+                t.result() for t in ctx.execute(job, order_results=False, concurrency=1)
+            )
+        )
+        consumer.start()
+        wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2)
+        victim = by_name(cluster, "local-1")
+        os.kill(victim.pid, signal.SIGSTOP)
+        try:
+            Path(go).touch()
+            consumer.join(60)
+            assert sorted(outcome) == [0, 1]
+            counts = job.counts()
+            assert counts is not None and counts.lost_runs == 1
+        finally:
+            os.kill(victim.pid, signal.SIGCONT)
+
+
+def cluster_of(ctx: ExecutionContext) -> LocalCluster:
+    source = ctx._source
+    assert isinstance(source, LocalCluster)
+    return source
