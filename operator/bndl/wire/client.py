@@ -57,7 +57,8 @@ class ClientSettings:
     connect_timeout: float = 5.0
     """Seconds to get a connection (pool wait included) before the worker counts as lost."""
     heartbeat_timeout: float = 5.0
-    """Seconds without any frame on a run stream before the worker counts as hung."""
+    """Seconds without any frame on a run stream before the worker counts as hung; keep it well
+    above the workers' ``heartbeat_interval`` (1 s by default)."""
     request_timeout: float = 60.0
     """Seconds without data on a non-streaming response (fetches of large results included)."""
     limit: int = 1024
