@@ -8,7 +8,7 @@ install:
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,operator]'
 
 run: install
-	$(PYTHON) examples/python_api.py
+	bndl run examples/wordcount.yaml --workers 2
 
 lint:
 	ruff check .

@@ -26,9 +26,12 @@ class HttpWorker:
     with dependents, stay on the worker for peers to fetch.
     """
 
-    def __init__(self, client: WorkerClient, loop: DriverLoop) -> None:
+    def __init__(
+        self, client: WorkerClient, loop: DriverLoop, labels: Mapping[str, str] | None = None
+    ) -> None:
         self.client = client
         self._loop = loop
+        self.labels: dict[str, str] = dict(labels or {})  # its node's labels, for locality
         self._connected_on = time.monotonic()
 
     @property

@@ -105,7 +105,8 @@ class Task:
         self.dependencies: set[Task] = set()
         self.dependents: set[Task] = set()
         self.executed_on: list[str] = []
-        self.attempts = 0
+        self.attempts = 0  # executions so far
+        self.max_attempts: int | None = None  # ordinary failures allowed (None: the job's)
         self.cancelled = False
         self._kept: Future[Any] | None = None  # first successful run, kept across re-runs
         self._listeners: list[Callable[[Task], None]] = []

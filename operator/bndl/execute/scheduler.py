@@ -116,7 +116,7 @@ class Scheduler:
                         f"{t!r} depends on {d!r}, which is not part of the job and has not "
                         "succeeded: add it to the job"
                     )
-            specs.append(core.TaskSpec(t.id, deps, t.priority))
+            specs.append(core.TaskSpec(t.id, deps, t.priority, t.max_attempts))
         return specs
 
     def _locality(self, workers: list[Worker]) -> dict[Hashable, dict[str, float]]:

@@ -4,7 +4,7 @@
 decided once. Everything public is listed here; the modules below are private layers.
 """
 
-from .calls import CALL_PATTERN, resolve_call, split_call
+from .calls import CALL_PATTERN, NamedCall, resolve_call, split_call
 from .errors import ManifestError
 from .graph import CycleError, topological_order
 from .loader import (
@@ -52,6 +52,7 @@ __all__ = [
     "Locality",
     "ManifestError",
     "Marker",
+    "NamedCall",
     "Preference",
     "Profiling",
     "TaskSpec",

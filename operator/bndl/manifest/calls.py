@@ -59,3 +59,34 @@ def resolve_call(call: str, field: str = "call") -> Callable[..., Any]:
     if not callable(obj):
         raise ManifestError(field, f"{call!r} names a {type(obj).__name__}, not a function")
     return obj  # type: ignore[no-any-return]
+
+
+class NamedCall:
+    """A picklable stand-in for the function ``call`` names, resolved where it is called.
+
+    The driver (or the operator, which has no task code) ships the name; each worker imports the
+    function on first use. A name that does not resolve there fails the task with a
+    :class:`ManifestError` naming the module and what to do.
+    """
+
+    __slots__ = ("_fn", "call")
+
+    def __init__(self, call: str) -> None:
+        split_call(call)
+        self.call = call
+        self._fn: Callable[..., Any] | None = None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._fn is None:
+            self._fn = resolve_call(self.call)
+        return self._fn(*args, **kwargs)
+
+    def __reduce__(self) -> tuple[type[NamedCall], tuple[str]]:
+        return (NamedCall, (self.call,))
+
+    def __repr__(self) -> str:
+        return f"NamedCall({self.call!r})"
+
+    @property
+    def __name__(self) -> str:
+        return self.call.rpartition(":")[2].rpartition(".")[2]

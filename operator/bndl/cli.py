@@ -1,0 +1,142 @@
+"""The ``bndl`` command: run a BndlJob manifest on worker processes of this machine.
+
+``bndl run job.yaml`` checks the manifest (schema, ids, cycles, importable functions) before it
+starts any worker, runs the job on a local cluster with a progress bar on stderr, and prints each
+task's result as a JSON line on stdout. ``bndl validate job.yaml`` only checks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import traceback
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from bndl.execute.core import SchedulingError
+from bndl.manifest import JobPlan, ManifestError, load_plan
+
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_INTERRUPTED = 130
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bndl", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run a BndlJob manifest on local worker processes")
+    run.add_argument("manifest", type=Path, help="a YAML file with a kind: BndlJob document")
+    run.add_argument(
+        "--workers", type=int, help="worker processes to start (default: spec.workers.replicas)"
+    )
+    run.add_argument("--concurrency", type=int, help="override spec.concurrency")
+    run.add_argument("--attempts", type=int, help="override spec.attempts")
+    run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    validate = commands.add_parser("validate", help="check a manifest without running it")
+    validate.add_argument("manifest", type=Path)
+    return parser
+
+
+def _load(path: Path) -> JobPlan:
+    """The plan, with task functions checked on this machine (code.pythonPath on sys.path)."""
+    plan = load_plan(path, check_imports=False)
+    for entry in reversed(plan.local_python_path()):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    return load_plan(path, check_imports=True)
+
+
+def _report_invalid(path: Path, error: ManifestError) -> None:
+    errors = error.errors or [error]
+    print(
+        f"{path}: invalid BndlJob ({len(errors)} problem(s)); nothing was started:", file=sys.stderr
+    )
+    for e in errors:
+        print(f"  {e.field}: {e.message}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        plan = _load(args.manifest)
+    except FileNotFoundError:
+        print(f"{args.manifest}: no such file", file=sys.stderr)
+        return EXIT_INVALID
+    except ManifestError as e:
+        _report_invalid(args.manifest, e)
+        return EXIT_INVALID
+    if args.command == "validate":
+        print(f"{args.manifest}: valid BndlJob {plan.name!r} with {len(plan.tasks)} tasks")
+        return 0
+    for name in ("workers", "concurrency", "attempts"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            print(f"--{name} must be at least 1, not {value}", file=sys.stderr)
+            return EXIT_INVALID
+    return run(plan, args.workers, args.concurrency, args.attempts, not args.no_progress)
+
+
+def run(
+    plan: JobPlan,
+    workers: int | None = None,
+    concurrency: int | None = None,
+    attempts: int | None = None,
+    progress: bool = True,
+) -> int:
+    """Run ``plan`` on a local cluster; returns the process exit code."""
+    from bndl.jobs import build_job, result_json
+    from bndl.local import LocalCluster
+    from bndl.progress import ProgressBar
+
+    size = workers or plan.workers.replicas or 1
+    with LocalCluster(size, python_path=plan.local_python_path()) as ctx:
+        job = build_job(ctx, plan)
+        results = ctx.execute(
+            job,
+            order_results=plan.order_results,
+            concurrency=concurrency or plan.concurrency,
+            attempts=attempts or plan.attempts,
+        )
+        bar: Any = ProgressBar(job.counts) if progress else _NoBar()
+        try:
+            with bar:
+                for task in results:
+                    line = {"task": task.id, "result": result_json(task.result())}
+                    print(json.dumps(line), flush=True)
+        except KeyboardInterrupt:
+            results.close()
+            print("interrupted: the running tasks were cancelled", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except SchedulingError as e:
+            print(f"job {plan.name!r} failed: {e}", file=sys.stderr)
+            return EXIT_FAILED
+        except Exception as e:
+            failed = _failed_task(job)
+            where = f"task {failed!r}" if failed else "a task"
+            print(
+                f"job {plan.name!r} failed: {where} raised {type(e).__name__}: {e}", file=sys.stderr
+            )
+            traceback.print_exception(e, file=sys.stderr)
+            return EXIT_FAILED
+    return 0
+
+
+def _failed_task(job: Any) -> str | None:
+    for task in job.tasks:
+        if task.failed:
+            return str(task.id)
+    return None
+
+
+class _NoBar:
+    def __enter__(self) -> _NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+"""``bndl run`` / ``bndl validate`` as a user types them: real processes, real exit codes."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def bndl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "bndl.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+    )
+
+
+def manifest(tmp_path: Path, tasks: str, extra: str = "") -> Path:
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "apiVersion: bndl.io/v1alpha1\nkind: BndlJob\nmetadata: {name: t}\n"
+        f"spec:\n{extra}  tasks:\n{tasks}"
+    )
+    return path
+
+
+def test_run_prints_results_as_json_lines() -> None:
+    done = bndl("run", "examples/diamond.yaml", "--workers", "2")
+    assert done.returncode == 0, done.stderr
+    lines = [json.loads(line) for line in done.stdout.splitlines()]
+    assert {line["task"]: line["result"] for line in lines} == {"a": 3, "b": 9, "c": 7, "d": 16}
+    assert "4/4 done" in done.stderr
+
+
+def test_wordcount_example() -> None:
+    done = bndl("run", "examples/wordcount.yaml", "--workers", "2", "--no-progress")
+    assert done.returncode == 0, done.stderr
+    results = {line["task"]: line["result"] for line in map(json.loads, done.stdout.splitlines())}
+    assert results["top"][0] == ["the", 3768] and results["total"] == 16000
+
+
+def test_a_cycle_is_reported_with_its_field_before_any_worker_starts(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path,
+        "    - {id: a, call: 'builtins:abs', args: [{fromTask: b}]}\n"
+        "    - {id: b, call: 'builtins:abs', args: [{fromTask: a}]}\n",
+    )
+    done = bndl("run", str(path))
+    assert done.returncode == 2
+    assert "spec.tasks[0]" in done.stderr and "a -> b -> a" in done.stderr
+    assert "nothing was started" in done.stderr
+
+
+def test_unknown_keys_and_unimportable_functions_name_the_field(tmp_path: Path) -> None:
+    path = manifest(tmp_path, "    - {id: a, call: 'no_such_module:fn', dependz: []}\n")
+    done = bndl("validate", str(path))
+    assert done.returncode == 2
+    assert "spec.tasks[0]" in done.stderr and "dependz" in done.stderr
+    path = manifest(tmp_path, "    - {id: a, call: 'no_such_module:fn'}\n")
+    done = bndl("run", str(path))
+    assert done.returncode == 2
+    assert "spec.tasks[0].call" in done.stderr and "no_such_module" in done.stderr
+
+
+def test_a_failing_task_exits_non_zero_naming_the_task(tmp_path: Path) -> None:
+    path = manifest(
+        tmp_path,
+        "    - {id: fine, call: 'builtins:abs', args: [-1]}\n"
+        "    - {id: broken, call: 'builtins:int', args: ['not a number']}\n",
+        extra="  attempts: 2\n",
+    )
+    done = bndl("run", str(path), "--workers", "1")
+    assert done.returncode == 1
+    assert "task 'broken' raised ValueError" in done.stderr
+    assert "1 retried" in done.stderr
+
+
+def test_validate_accepts_the_examples() -> None:
+    for example in ("diamond", "wordcount", "squares"):
+        done = bndl("validate", f"examples/{example}.yaml")
+        assert done.returncode == 0, done.stderr
+        assert "valid BndlJob" in done.stdout
