@@ -40,7 +40,6 @@ the namespace deleted and the run directory removed.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -87,6 +86,25 @@ CLUSTER_DNS_PROBE = f"kubernetes.default.svc.{config.CLUSTER_DOMAIN}"
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 HOST_DIRS = (DEVICE_PLUGINS.parent, DEVICE_PLUGINS)
 HOST_DIRS_MARKER = ".host-dirs-created"
+
+
+def shared_host_paths() -> list[Path]:
+    """Paths outside the run directory that the cluster's components create when missing."""
+    paths = [
+        *HOST_DIRS,
+        Path("/var/lib/cni"),
+        Path("/var/lib/cni/results"),
+        Path("/run/containerd"),
+        Path("/run/containerd/s"),
+    ]
+    cgroups = Path("/sys/fs/cgroup")
+    if (cgroups / "cgroup.procs").exists():  # unified (v2) hierarchy
+        paths.append(cgroups / "k8s.io")
+    elif cgroups.is_dir():
+        for ctrl in sorted(cgroups.iterdir()):
+            if not ctrl.is_symlink() and (ctrl / "cgroup.procs").exists():
+                paths.append(ctrl / "k8s.io")
+    return paths
 
 
 class ClusterError(RuntimeError):
@@ -750,25 +768,37 @@ temp = "{c / "tmp"}"
         return [self._bin("kube-proxy"), f"--config={self.dir / 'kube-proxy.yaml'}"]
 
     def _ensure_host_dirs(self) -> None:
-        """The kubelet's device-plugin socket path is fixed (not under --root-dir): every kubelet
-        gets its own directory bind-mounted there, in a mount namespace of its own. If the mount
-        point is missing it is created, noted in a marker file, and removed by the last run."""
-        marker = self.dir.parent / HOST_DIRS_MARKER
-        created = [str(d) for d in HOST_DIRS if not d.exists()]
-        for d in created:
-            Path(d).mkdir()
-        if created:
-            with marker.open("a") as f:
-                f.write("".join(f"{d}\n" for d in created))
+        """Note the shared host paths that do not exist yet, so the last run removes them.
 
-    def _remove_host_dirs(self) -> None:
+        The kubelet's device-plugin socket path is fixed (not under --root-dir): every kubelet
+        gets its own directory bind-mounted there, in a mount namespace of its own, so only the
+        empty mount point is created here. libcni's cache directory, the containerd shims' socket
+        directory and the containers' parent cgroups are made by those components.
+        """
+        marker = self.dir.parent / HOST_DIRS_MARKER
+        known = set(marker.read_text().split()) if marker.exists() else set()
+        missing = [str(p) for p in shared_host_paths() if not p.exists() and str(p) not in known]
+        if missing:
+            with marker.open("a") as f:
+                f.write("".join(f"{p}\n" for p in missing))
+        for d in HOST_DIRS:
+            d.mkdir(exist_ok=True)
+
+    def _remove_host_dirs(self) -> list[str]:
+        """When no other run is left: remove the shared host paths that runs created."""
         marker = self.dir.parent / HOST_DIRS_MARKER
         if not marker.exists() or any(d.is_dir() for d in self.dir.parent.iterdir()):
-            return  # another run still uses them (it removes them when it ends)
-        for d in reversed(marker.read_text().split()):
-            with contextlib.suppress(OSError):
-                Path(d).rmdir()
+            return []  # another run still uses them (it removes them when it ends)
+        left = []
+        for p in sorted(marker.read_text().split(), key=lambda x: x.count("/"), reverse=True):
+            try:
+                Path(p).rmdir()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                left.append(f"{p}: {exc.strerror}")
         marker.unlink()
+        return left
 
     def _kubelet_cmd(self, n: Node) -> list[str]:
         labels = ",".join(f"{k}={v}" for k, v in n.labels.items())
@@ -912,7 +942,7 @@ subjects:
         step("delete netns", self.netns.delete)
         if self.dir.exists() and not mounts_under(self.dir):
             step("remove run dir", lambda: shutil.rmtree(self.dir))
-        step("remove host dirs", self._remove_host_dirs)
+        step("remove host dirs", lambda: problems.extend(self._remove_host_dirs()))
         return problems
 
 

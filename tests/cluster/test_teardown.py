@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,14 @@ def test_teardown_leaves_nothing_behind(k8s_cluster: Cluster, k8s_test_image: st
         small.apply(pod_yaml("p", k8s_test_image, command=SLEEP), ns)
         wait_running(small, ns, "p")
         pids = [r.pid for r in small.procs.values()]
+        ids = [
+            x["id"]
+            for x in json.loads(small.crictl("solo", "ps", "-a", "-o", "json"))["containers"]
+        ]
+        ids += [x["id"] for x in json.loads(small.crictl("solo", "pods", "-o", "json"))["items"]]
+        assert len(ids) == 2  # the pod sandbox and its container
+        ipam = small.nodes[0].dir / "ipam"
+        assert any(ipam.rglob("198.18.1.*")), "host-local IPAM state lives in the run directory"
         shims = pids_with_arg(str(small.nodes[0].socket))
         assert shims, "a running pod has a containerd shim"
         run_mounts = mounts_under(small.dir)
@@ -59,6 +68,10 @@ def test_teardown_leaves_nothing_behind(k8s_cluster: Cluster, k8s_test_image: st
     # Network namespaces: its own is gone, and no pod namespace is left.
     assert small.netns.name not in netns_names()
     assert netns_names() - netns_before == set()
+    # Cgroups and CNI result caches of its containers and sandboxes.
+    for cid in ids:
+        assert not list(Path("/sys/fs/cgroup").glob(f"*/k8s.io/{cid}")), cid
+        assert not list(Path("/var/lib/cni/results").glob(f"*{cid}*")), cid
     # Files: the run directory (PKI, etcd data, IPAM state, containerd roots) is removed.
     assert not small.dir.exists()
     # The session cluster is untouched.
