@@ -7,7 +7,7 @@ import queue
 import time
 import warnings
 from collections import deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -144,7 +144,7 @@ class ExecutionContext:
         order_results: bool = True,
         concurrency: int | None = None,
         attempts: int | None = None,
-    ) -> Iterator[Task]:
+    ) -> Generator[Task, None, None]:
         """Run ``job``; yields each task exactly once, after it succeeded.
 
         In ``job.tasks`` order when ``order_results``, else in completion order. Read results
