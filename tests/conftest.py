@@ -1,0 +1,3 @@
+"""Suite-wide fixtures: the real Kubernetes test cluster (tests/cluster/plugin.py)."""
+
+pytest_plugins = ["tests.cluster.plugin"]
