@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import operator
 import os
 import signal
@@ -185,3 +186,32 @@ def cluster_of(ctx: ExecutionContext) -> LocalCluster:
     source = ctx._source
     assert isinstance(source, LocalCluster)
     return source
+
+
+def busy(n: int) -> int:
+    return sum(i * i for i in range(n))
+
+
+def test_profiling_covers_the_worker_processes() -> None:
+    with LocalCluster(workers=2) as ctx:
+        ctx.cpu_profiling.start()
+        list(ctx.execute(Job(ctx, [RmiTask(ctx, i, busy, (50_000,)) for i in range(4)])))
+        ctx.cpu_profiling.stop()
+        per_worker = ctx.cpu_profiling.get_stats(per_worker=True)
+        assert sorted(w.name for w, _ in per_worker) == ["local-0", "local-1"]
+        merged = ctx.cpu_profiling.get_stats()
+        (stat,) = [s for s in merged if s.name == "busy"]
+        assert stat.ncall == 4
+        out = io.StringIO()
+        ctx.cpu_profiling.print_stats(max_rows=5, include="tests.test_local_cluster", file=out)
+        assert "Clock type" in out.getvalue() and "busy" in out.getvalue()
+
+        ctx.memory_profiling.start()
+        try:
+            first = ctx.memory_profiling.print_top(limit=3, file=io.StringIO())
+            list(ctx.execute(Job(ctx, [RmiTask(ctx, i, bytearray, (10**6,)) for i in range(2)])))
+            out = io.StringIO()
+            ctx.memory_profiling.print_top(limit=3, compare_to=first, file=out)
+            assert "Total allocated size" in out.getvalue()
+        finally:
+            ctx.memory_profiling.stop()
