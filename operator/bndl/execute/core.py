@@ -42,6 +42,12 @@ _SUCCEEDED = 3  # its output exists on ``holder``
 # livelock (a holder that keeps losing what it computes), far above any honest recovery.
 MAX_DEPENDENCY_FAILURES = 100
 
+# Data locality: a ready task with at most this many dependencies prefers the workers that hold
+# their outputs (so its inputs need no fetch from a peer), with this weight, below any explicit
+# preference. Tasks with more dependencies (all-to-all stages) gain little from it.
+DATA_LOCALITY_MAX_DEPS = 8
+DATA_LOCALITY = 0.5
+
 
 class SchedulingError(Exception):
     """The job cannot be completed for a reason of scheduling, not of a task's own code."""
@@ -508,6 +514,13 @@ class SchedulerCore:
             value = pref.get(i)
             if value is not None and w in self._live:
                 heapq.heappush(self._pref.setdefault(w, []), (-value, i, self._ready_ver[i]))
+        deps = self._deps[i]
+        if 0 < len(deps) <= DATA_LOCALITY_MAX_DEPS:
+            for j in deps:
+                holder = self._holder[j]
+                if holder is not None and holder in self._live:
+                    entry = (-DATA_LOCALITY, i, self._ready_ver[i])
+                    heapq.heappush(self._pref.setdefault(holder, []), entry)
         self._idle.clear()
 
     def _emit(self, i: int, out: list[Decision]) -> None:
