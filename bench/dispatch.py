@@ -102,10 +102,10 @@ def run_dask(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
     from dask.distributed import Client, LocalCluster
 
     out = {}
-    with (
-        LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True) as cluster,
-        Client(cluster) as client,
-    ):
+    cluster = LocalCluster(  # type: ignore[no-untyped-call]
+        n_workers=WORKERS, threads_per_worker=1, processes=True
+    )
+    with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
         client.gather(client.map(inc, range(100)))
         for name, n in workloads:
             start = time.perf_counter()

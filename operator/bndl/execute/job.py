@@ -12,7 +12,7 @@ import itertools
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 if TYPE_CHECKING:
     from bndl.execute.context import ExecutionContext
@@ -113,7 +113,7 @@ class Task:
 
     # -------------------------------------------------------------------------- dependencies
 
-    def depends_on(self, *tasks: Task) -> Task:
+    def depends_on(self, *tasks: Task) -> Self:
         """Make this task depend on ``tasks``; returns self."""
         for task in tasks:
             self.dependencies.add(task)
