@@ -17,8 +17,9 @@ Fixtures:
 * ``k8s_test_image`` (session): the harness's small HTTP server image, already on every node.
 * ``k8s_namespace`` (function): a fresh namespace, deleted afterwards.
 
-Environment: ``BNDL_TEST_NODES`` (default 3) sets the node count. Before starting, the fixture
-runs ``build.sh`` if anything is missing and reaps clusters left by killed earlier sessions.
+Environment: ``BNDL_TEST_NODES`` (default 3) sets the node count. When cluster tests are
+selected, ``build.sh`` runs after collection if anything is missing (outside any test's timeout),
+and the fixture reaps clusters left by killed earlier sessions before it starts its own.
 """
 
 from __future__ import annotations
@@ -110,10 +111,25 @@ def k8s_test_image(k8s_cluster: Cluster) -> str:
 def k8s_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     name = f"t-{secrets.token_hex(4)}"
     k8s_cluster.kubectl("create", "namespace", name)
+    # Pods are admitted only once the namespace's default ServiceAccount exists.
+    k8s_cluster.wait_for(
+        lambda: k8s_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
+        30,
+        f"default ServiceAccount in {name}",
+    )
     try:
         yield name
     finally:
         k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build before the first test when cluster tests were selected, so that a cold build
+    (10-20 min) does not count against the first test's timeout."""
+    if session.config.option.collectonly or os.geteuid() != 0:
+        return
+    if any("k8s_cluster" in getattr(item, "fixturenames", ()) for item in session.items):
+        ensure_built()
 
 
 def pytest_terminal_summary(terminalreporter: Any) -> None:

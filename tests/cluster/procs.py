@@ -284,13 +284,13 @@ def descendants(pid: int) -> list[int]:
 
 
 def pids_rooted_under(directory: Path) -> list[int]:
-    """PIDs whose root directory, working directory or executable lies under ``directory``."""
+    """PIDs whose root directory or executable lies under ``directory`` (container processes)."""
     prefix = str(directory.resolve()) + "/"
     out = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
             continue
-        for link in ("root", "cwd", "exe"):
+        for link in ("root", "exe"):
             try:
                 target = os.readlink(entry / link)
             except OSError:

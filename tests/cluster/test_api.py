@@ -231,3 +231,28 @@ def test_test_process_stays_in_its_own_network_namespace(k8s_cluster: Cluster) -
     ns_of_thread = k8s_cluster.call_in_netns(lambda: os.readlink("/proc/thread-self/ns/net"))
     assert ns_of_thread != ORIGINAL_NETNS
     assert os.readlink("/proc/thread-self/ns/net") == ORIGINAL_NETNS
+
+
+def test_in_process_clients_reach_the_api_from_any_thread(k8s_cluster: Cluster) -> None:
+    """The kubeconfig works for in-process clients (kopf, the kubernetes client) in any thread."""
+    import ssl
+    import urllib.request
+    from concurrent.futures import ThreadPoolExecutor
+
+    import yaml
+
+    kc = yaml.safe_load(k8s_cluster.kubeconfig.read_text())
+    server = kc["clusters"][0]["cluster"]["server"]
+    assert server.startswith("https://127.0.0.1:")
+    user = kc["users"][0]["user"]
+    ctx = ssl.create_default_context(cafile=kc["clusters"][0]["cluster"]["certificate-authority"])
+    ctx.load_cert_chain(user["client-certificate"], user["client-key"])
+
+    def node_names() -> list[str]:
+        with urllib.request.urlopen(f"{server}/api/v1/nodes", context=ctx, timeout=10) as r:
+            return sorted(i["metadata"]["name"] for i in json.load(r)["items"])
+
+    expected = sorted(k8s_cluster.node_names)
+    assert node_names() == expected
+    with ThreadPoolExecutor(4) as pool:
+        assert list(pool.map(lambda _: node_names(), range(8))) == [expected] * 8
