@@ -2,13 +2,13 @@
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 
-.PHONY: install run test lint unit clean
+.PHONY: install run test lint suite cluster-bin
 
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,operator]'
 
 run: install
-	bndl run examples/wordcount.yaml --workers 2
+	$(PYTHON) -m bndl.cli run examples/wordcount.yaml --workers 2
 
 lint:
 	ruff check .
@@ -16,7 +16,11 @@ lint:
 	mypy
 	lint-imports
 
-unit:
+# The real Kubernetes for the end-to-end tests (binaries and images cached under ~/.cache).
+cluster-bin:
+	bash tests/cluster/build.sh
+
+suite:
 	$(PYTHON) -m pytest -q
 
-test: install lint unit
+test: install lint cluster-bin suite
