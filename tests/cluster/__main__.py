@@ -6,6 +6,7 @@
     python -m tests.cluster kubectl [--name dev] -- get pods -A
     python -m tests.cluster down [--name dev | --all]     # stop everything by PID, remove all state
     python -m tests.cluster status
+    python -m tests.cluster build                        # tests/cluster/build.sh
 
 Run as root, after ``tests/cluster/build.sh``.
 """
@@ -44,6 +45,10 @@ def cmd_up(args: argparse.Namespace) -> int:
     )
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    return subprocess.call(["bash", str(config.BUILD_SCRIPT)])
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     down = sub.add_parser("down", help="stop a cluster and remove all its state")
     down.add_argument("--all", action="store_true")
     sub.add_parser("status", help="list runs")
+    sub.add_parser("build", help="run build.sh (idempotent)")
     sub.add_parser("shell", help="a shell inside the cluster's network namespace")
     load = sub.add_parser("load", help="load podman images into every node")
     load.add_argument("images", nargs="+")
@@ -113,6 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         "up": cmd_up,
         "down": cmd_down,
         "status": cmd_status,
+        "build": cmd_build,
         "shell": cmd_shell,
         "load": cmd_load,
         "kubectl": cmd_kubectl,
