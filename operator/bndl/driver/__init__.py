@@ -5,6 +5,6 @@ Used by the embedded local cluster and by the Kubernetes operator alike: both ha
 """
 
 from bndl.driver.http_worker import HttpWorker
-from bndl.driver.loop import DriverLoop
+from bndl.driver.loop import AttachedLoop, DriverLoop, IoLoop
 
-__all__ = ["DriverLoop", "HttpWorker"]
+__all__ = ["AttachedLoop", "DriverLoop", "HttpWorker", "IoLoop"]

@@ -8,7 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from typing import Any
 
-from bndl.driver.loop import DriverLoop
+from bndl.driver.loop import IoLoop
 from bndl.execute.job import RmiTask, Task
 from bndl.execute.workers import Worker
 from bndl.wire import RemoteRef, TaskItem, WorkerClient
@@ -27,7 +27,7 @@ class HttpWorker:
     """
 
     def __init__(
-        self, client: WorkerClient, loop: DriverLoop, labels: Mapping[str, str] | None = None
+        self, client: WorkerClient, loop: IoLoop, labels: Mapping[str, str] | None = None
     ) -> None:
         self.client = client
         self._loop = loop

@@ -11,13 +11,23 @@ import asyncio
 import threading
 from collections.abc import Coroutine
 from concurrent.futures import Future
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from bndl.wire import ClientSettings, create_session
 
 T = TypeVar("T")
+
+
+class IoLoop(Protocol):
+    """What an :class:`~bndl.driver.HttpWorker` needs of the loop its client runs on."""
+
+    def in_loop_thread(self) -> bool: ...
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> Future[T]: ...
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
 
 class DriverLoop:
@@ -66,6 +76,32 @@ class DriverLoop:
             self._thread.join(timeout)
             if not self._thread.is_alive():
                 self.loop.close()
+
+
+class AttachedLoop:
+    """The driver's side of an event loop that runs already, on the thread that created this.
+
+    The operator runs its schedulers on kopf's own loop: completions arrive on that thread and are
+    handled there at once, with no second loop thread. Create it from a coroutine on that loop.
+    """
+
+    def __init__(self, session: aiohttp.ClientSession) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.session = session
+        self._thread_id = threading.get_ident()
+
+    def in_loop_thread(self) -> bool:
+        return threading.get_ident() == self._thread_id
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> Future[T]:
+        """Run ``coro`` on the loop; returns a concurrent future (never wait on it in the loop)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        if self.in_loop_thread():
+            _keep(self.loop.create_task(coro))
+        else:
+            self.loop.call_soon_threadsafe(lambda: _keep(self.loop.create_task(coro)))
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -1,0 +1,148 @@
+"""How the operator is configured: command-line flags, each with an environment variable default.
+
+``python -m bndl.k8s --help`` lists them. The Helm chart sets the environment; tests pass flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from bndl.k8s.builders import DEFAULT_WORKER_IMAGE, BuildSettings
+
+DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatorSettings:
+    """Settings of one operator process."""
+
+    namespaces: tuple[str, ...] = ()
+    """Namespaces (or glob patterns) whose BndlJobs this operator runs; empty: all namespaces."""
+    liveness: str | None = DEFAULT_LIVENESS
+    """kopf's liveness endpoint (also fails when a job's scheduler loop stalls); None: off."""
+    standalone: bool = True
+    """Run without kopf peering (one operator replica, Deployment strategy Recreate)."""
+    status_interval: float = 1.0
+    """Least seconds between two status patches of one job (status updates are coalesced)."""
+    build: BuildSettings = field(default_factory=BuildSettings)
+    """What goes into every job's worker objects."""
+    log_level: str = "INFO"
+
+
+def _env(environ: Mapping[str, str], name: str, default: str = "") -> str:
+    return environ.get(name) or default
+
+
+def _labels(text: str) -> dict[str, str]:
+    out = {}
+    for item in filter(None, (x.strip() for x in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected key=value, not {item!r}")
+        out[key] = value
+    return out
+
+
+def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m bndl.k8s",
+        description="The BndlJob operator: runs each BndlJob on a StatefulSet of worker pods.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--namespace",
+        action="append",
+        default=None,
+        help="watch this namespace (repeat, globs allowed); none: all namespaces "
+        "(env BNDL_NAMESPACES, comma-separated)",
+    )
+    p.add_argument(
+        "--worker-image",
+        default=_env(environ, "BNDL_WORKER_IMAGE", DEFAULT_WORKER_IMAGE),
+        help="default worker image (env BNDL_WORKER_IMAGE)",
+    )
+    p.add_argument(
+        "--worker-image-pull-policy",
+        default=_env(environ, "BNDL_WORKER_IMAGE_PULL_POLICY") or None,
+        choices=["Always", "IfNotPresent", "Never"],
+        help="imagePullPolicy of workers whose template sets none (env "
+        "BNDL_WORKER_IMAGE_PULL_POLICY)",
+    )
+    p.add_argument(
+        "--liveness",
+        default=_env(environ, "BNDL_LIVENESS", DEFAULT_LIVENESS),
+        help="liveness endpoint URL, or 'off' (env BNDL_LIVENESS)",
+    )
+    p.add_argument(
+        "--peering",
+        action="store_true",
+        default=_env(environ, "BNDL_PEERING") in ("1", "true", "yes"),
+        help="use kopf peering instead of running standalone (env BNDL_PEERING)",
+    )
+    p.add_argument(
+        "--status-interval",
+        type=float,
+        default=float(_env(environ, "BNDL_STATUS_INTERVAL", "1")),
+        help="least seconds between status patches of a job (env BNDL_STATUS_INTERVAL)",
+    )
+    p.add_argument(
+        "--operator-namespace",
+        default=_env(environ, "BNDL_OPERATOR_NAMESPACE") or None,
+        help="the operator's namespace, allowed through the workers' NetworkPolicy; default any "
+        "(env BNDL_OPERATOR_NAMESPACE)",
+    )
+    p.add_argument(
+        "--operator-labels",
+        type=_labels,
+        default=_labels(
+            _env(
+                environ,
+                "BNDL_OPERATOR_LABELS",
+                "app.kubernetes.io/name=bndl,app.kubernetes.io/component=operator",
+            )
+        ),
+        help="labels of the operator's pods, k=v,... (env BNDL_OPERATOR_LABELS)",
+    )
+    p.add_argument(
+        "--operator-cidr",
+        action="append",
+        default=[c for c in _env(environ, "BNDL_OPERATOR_CIDRS").split(",") if c],
+        help="extra address block allowed to reach workers, for an operator outside the pod "
+        "network (repeat; env BNDL_OPERATOR_CIDRS)",
+    )
+    p.add_argument(
+        "--log-level",
+        default=_env(environ, "BNDL_LOG_LEVEL", "INFO"),
+        help="logging level (env BNDL_LOG_LEVEL)",
+    )
+    return p
+
+
+def parse(
+    argv: Sequence[str] | None = None, environ: Mapping[str, str] = os.environ
+) -> OperatorSettings:
+    p = parser(environ)
+    args = p.parse_args(argv)
+    namespaces = args.namespace
+    if namespaces is None:
+        namespaces = [n.strip() for n in _env(environ, "BNDL_NAMESPACES").split(",") if n.strip()]
+    if args.status_interval < 0:
+        p.error("--status-interval must not be negative")
+    liveness = None if args.liveness in ("", "off", "none") else args.liveness
+    return OperatorSettings(
+        namespaces=tuple(namespaces),
+        liveness=liveness,
+        standalone=not args.peering,
+        status_interval=args.status_interval,
+        build=BuildSettings(
+            worker_image=args.worker_image,
+            image_pull_policy=args.worker_image_pull_policy,
+            operator_namespace=args.operator_namespace,
+            operator_labels=args.operator_labels,
+            operator_cidrs=tuple(args.operator_cidr),
+        ),
+        log_level=args.log_level.upper(),
+    )
