@@ -468,6 +468,7 @@ class Cluster:
             self._wait(self._nodes_ready, timeout, "all nodes Ready", *kubelets, *watch)
             self.timings["nodes_ready_s"] = time.monotonic() - t0
             self._wait(self._dns_answers, 60, "cluster DNS to answer", "coredns")
+            self.timings["dns_s"] = time.monotonic() - t0
             self._wait(self._default_sa, 60, "default ServiceAccount", "kube-controller-manager")
             self.timings["ready_s"] = time.monotonic() - t0
             for f in preloads:
