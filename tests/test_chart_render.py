@@ -96,7 +96,7 @@ def operator_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
     [
         {},
         {"watch.namespaces": ["jobs-a", "jobs-b"], "rbac.nodeLocality": False},
-        {"metrics.serviceMonitor.enabled": True},
+        {"metrics.enabled": True, "metrics.serviceMonitor.enabled": True},
     ],
     ids=["defaults", "namespaced", "servicemonitor"],
 )
@@ -178,11 +178,14 @@ def test_changed_values_change_the_pod_template() -> None:
 
 
 def test_metrics_service_and_optional_service_monitor() -> None:
-    docs = template()
+    assert not by_kind(template(), "Service")
+    docs = template({"metrics.enabled": True})
     svc = only(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
     assert not by_kind(docs, "ServiceMonitor")
-    docs = template({"metrics.serviceMonitor.enabled": True, "metrics.port": 9400})
+    docs = template(
+        {"metrics.enabled": True, "metrics.serviceMonitor.enabled": True, "metrics.port": 9400}
+    )
     monitor = only(docs, "ServiceMonitor")
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     assert monitor["spec"]["selector"]["matchLabels"] == svc["spec"]["selector"]
@@ -208,8 +211,9 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
 def test_cluster_wide_install_binds_one_cluster_role_and_the_node_reader() -> None:
     docs = template()
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
-    assert set(roles) == {"bndl", "bndl-node-reader"}
-    assert rules_of(roles["bndl-node-reader"]) == {("", "nodes"): {"get", "list", "watch"}}
+    assert set(roles) == {"bndl", "bndl-framework", "bndl-node-reader"}
+    assert rules_of(roles["bndl-node-reader"]) == {("", "nodes"): {"get"}}
+    assert rules_of(roles["bndl-framework"]) == FRAMEWORK_RULES
     jobs = rules_of(roles["bndl"])
     assert ("", "nodes") not in jobs
     assert {"watch", "patch"} <= jobs[("bndl.io", "bndljobs")]
@@ -228,18 +232,27 @@ def test_cluster_wide_install_binds_one_cluster_role_and_the_node_reader() -> No
     assert not by_kind(docs, "Role")
 
 
+FRAMEWORK_RULES = {
+    ("apiextensions.k8s.io", "customresourcedefinitions"): {"list", "watch"},
+    ("", "namespaces"): {"list", "watch"},
+}
+
+
 def test_namespaced_install_uses_a_role_per_namespace() -> None:
     docs = template({"watch.namespaces": ["jobs-a", "jobs-b"], "rbac.nodeLocality": False})
-    assert not by_kind(docs, "ClusterRole") and not by_kind(docs, "ClusterRoleBinding")
+    # The only cluster-scoped access left is kopf's read-only view of CRDs and namespaces.
+    [framework] = by_kind(docs, "ClusterRole")
+    assert rules_of(framework) == FRAMEWORK_RULES
+    assert len(by_kind(docs, "ClusterRoleBinding")) == 1
     roles = by_kind(docs, "Role")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["jobs-a", "jobs-b"]
     bindings = by_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["jobs-a", "jobs-b"]
     args = operator_container(docs)["args"]
     assert "--namespace=jobs-a" in args and "--namespace=jobs-b" in args
-    # With node locality, the node reader is the only cluster-scoped access.
     docs = template({"watch.namespaces": ["jobs-a"]})
-    assert [r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")] == ["bndl-node-reader"]
+    names = {r["metadata"]["name"] for r in by_kind(docs, "ClusterRole")}
+    assert names == {"bndl-framework", "bndl-node-reader"}
 
 
 def test_rbac_create_false_renders_no_rbac() -> None:
@@ -272,7 +285,7 @@ def test_rbac_create_false_renders_no_rbac() -> None:
         ({"serviceAccount.create": False}, "serviceAccount.name is required"),
         ({"metrics.enabled": False, "metrics.serviceMonitor.enabled": True},
          "metrics.serviceMonitor.enabled requires metrics.enabled=true"),
-        ({"metrics.port": 8080}, "metrics.port and operator.healthPort must differ"),
+        ({"metrics.enabled": True, "metrics.port": 8080}, "must differ"),
         ({"watch.namespaces": ["a", "a"]}, "watch.namespaces lists a namespace twice"),
         ({"podSecurityContext.runAsUser": 0}, "the operator never runs as root"),
         ({"securityContext.allowPrivilegeEscalation": True}, "privilege escalation are refused"),
