@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 # The bndl operator image: the project's own wheel with the `operator` extra (kopf, kubernetes) in a
 # virtual environment, run as a non-root user. charts/bndl runs exactly this entrypoint.
 #
