@@ -27,6 +27,8 @@ from tests.cluster.procs import ProcRecord, start_process, stop_processes
 REPO = Path(__file__).resolve().parents[2]
 WORKER_IMAGE = "localhost/bndl-worker:e2e"
 LIVENESS_PORT = 18080
+MEASUREMENTS: list[str] = []
+"""Figures the tests measured, printed in the terminal summary."""
 
 
 @dataclass
@@ -123,4 +125,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Iterator[None]:
         report.sections.append(("operator log", op.log_text()[-8000:]))
 
 
-__all__ = ["WORKER_IMAGE", "OperatorProcess", "config"]
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    for line in MEASUREMENTS:
+        terminalreporter.write_line(f"bndl operator: {line}")
+
+
+__all__ = ["MEASUREMENTS", "WORKER_IMAGE", "OperatorProcess", "config"]

@@ -9,6 +9,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from bndl.driver.loop import IoLoop
+from bndl.execute.exceptions import NotConnected
 from bndl.execute.job import RmiTask, Task
 from bndl.execute.workers import Worker
 from bndl.wire import RemoteRef, TaskItem, WorkerClient
@@ -33,6 +34,7 @@ class HttpWorker:
         self._loop = loop
         self.labels: dict[str, str] = dict(labels or {})  # its node's labels, for locality
         self._connected_on = time.monotonic()
+        self._inflight: set[Future[Any]] = set()
 
     @property
     def name(self) -> str:
@@ -55,13 +57,24 @@ class HttpWorker:
         keep: bool,
     ) -> Future[Any]:
         future: Future[Any] = Future()
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
         item = TaskItem(key, fn, tuple(args), dict(kwargs), keep)
         self._loop.spawn(self._run(item, future))
         return future
 
+    def disconnect(self, reason: str) -> None:
+        """The worker is known to be gone (its pod was deleted, say): fail its runs in flight
+        with ``NotConnected`` now, instead of when their streams break."""
+        for future in list(self._inflight):
+            if not future.done():
+                future.set_exception(NotConnected(self.name, reason))
+
     async def _run(self, item: TaskItem, future: Future[Any]) -> None:
         try:
             async for completion in self.client.run([item]):
+                if future.done():  # failed by disconnect() meanwhile
+                    continue
                 if completion.ok:
                     future.set_result(completion.value)
                 else:

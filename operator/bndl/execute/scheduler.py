@@ -218,6 +218,10 @@ class Scheduler:
     def _dispatch(self, d: core.Dispatch) -> None:
         task = self._tasks[d.task]
         worker = self._workers[d.worker]
+        if task.pending:
+            # The core abandoned the previous run (its worker was lost) before that run's future
+            # completed: detach it. When it completes, its run number is stale and ignored.
+            task.future = None
         try:
             task.execute(self, worker)
             future = task.future

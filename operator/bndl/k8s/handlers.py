@@ -99,7 +99,10 @@ class Operator:
             id="run",
             registry=registry,
             errors=kopf.ErrorsMode.PERMANENT,
-            cancellation_timeout=60,
+            # Deleted or exiting: first the stop flag (the runner cancels its tasks and reports
+            # Cancelled), only after cancellation_backoff seconds an asyncio cancellation.
+            cancellation_backoff=30,
+            cancellation_timeout=30,
         )
         async def run(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
             assert self.kube is not None and self.session is not None

@@ -52,6 +52,8 @@ BEAT = 5.0
 # A retry storm: this many retried runs within STORM_WINDOW seconds make one summarised event.
 STORM_RETRIES = 10
 STORM_WINDOW = 60.0
+# Least seconds between two attempts to let a lost worker with a Ready pod join again.
+REJOIN_PAUSE = 2.0
 
 
 class Stop(Exception):
@@ -95,6 +97,8 @@ class JobRunner:
         self._job_error: BaseException | None = None
         self._job_done = False
         self._retries_seen = 0
+        self._seen_losses = (0, 0)
+        self._rejoined: dict[str, float] = {}
         self._storm_start = 0.0
         self._storm_retries = 0
         self.first_dispatch: float | None = None
@@ -322,13 +326,19 @@ class JobRunner:
     async def _sync_workers(self) -> None:
         """Make the workers match the Ready pods: lose the gone, add the new (with node labels)."""
         ready = {n: p for n, p in self._pods.items() if pod_ready(p)}
-        for name, (uid, _) in list(self._workers.items()):
+        for name, (uid, worker) in list(self._workers.items()):
             pod = ready.get(name)
             if pod is None or pod["metadata"]["uid"] != uid:
                 del self._workers[name]
-                if self.scheduler is not None:
+                worker.disconnect("its pod is gone or not Ready")
+                if self.scheduler is not None and self.job is not None:
+                    held = sum(
+                        1
+                        for t in self.job.tasks
+                        if t.succeeded and getattr(self.scheduler.holder_of(t), "name", "") == name
+                    )
                     self.scheduler.lose_worker(name)
-                    log.info("%s: worker %s lost", self.ref.name, name)
+                    log.info("%s: worker %s lost, holding %d results", self.ref.name, name, held)
         for name, pod in ready.items():
             if name in self._workers:
                 continue
@@ -337,6 +347,7 @@ class JobRunner:
                 continue  # changed while the node was read
             worker = self._worker(pod, labels)
             self._workers[name] = (pod["metadata"]["uid"], worker)
+            self.ready_at = time.monotonic()  # the latest worker to join (dispatch latency)
             if self.scheduler is not None:
                 self.scheduler.add_worker(worker)
                 log.info("%s: worker %s joined", self.ref.name, name)
@@ -412,7 +423,6 @@ class JobRunner:
                 await self._finish(Phase.FAILED, Reason.WORKERS_NOT_READY, message)
                 return False
             await self._sleep(left)
-        self.ready_at = time.monotonic()
         self.status.condition(
             ConditionType.WORKERS_READY,
             True,
@@ -453,11 +463,22 @@ class JobRunner:
             f"dispatching {self.status.counts.total - self.status.counts.succeeded} tasks to "
             f"{len(workers)} workers",
         )
-        self.first_dispatch = self.first_dispatch or time.monotonic()
         self.scheduler.start()
+        self.mark_dirty()  # the running count changed
+        if self.first_dispatch is None and self.ready_at is not None:
+            self.first_dispatch = time.monotonic()
+            created = parse_timestamp(self.body["metadata"]["creationTimestamp"])
+            log.info(
+                "%s: first dispatch %.1f ms after the last worker was seen Ready, %.1f s after "
+                "the job was created",
+                self.ref.name,
+                (self.first_dispatch - self.ready_at) * 1000,
+                (self._now() - created).total_seconds(),
+            )
         while not self._job_done:
             await self._sleep(self._deadline_left())
             self._check_storm()
+            self._rejoin_workers()
             if self._job_done:
                 break
             if self._deadline_passed():
@@ -480,6 +501,29 @@ class JobRunner:
             self._job_done = True
             self.poke()
         self.mark_dirty()
+
+    def _rejoin_workers(self) -> None:
+        """Workers whose pods are Ready but whom the scheduler lost (a connection failed) join
+        again, with a fresh client; at most once per turn of the loop."""
+        if self.scheduler is None:
+            return
+        c = self.scheduler.counts()
+        if (c.lost_runs, c.recomputed) != self._seen_losses:
+            self._seen_losses = (c.lost_runs, c.recomputed)
+            log.info("%s: %d lost runs, %d recomputed so far", self.ref.name, *self._seen_losses)
+        live = {w.name for w in self.scheduler.workers}
+        now = time.monotonic()
+        for name, (uid, old) in list(self._workers.items()):
+            if name not in live and now - self._rejoined.get(name, 0.0) > REJOIN_PAUSE:
+                self._rejoined[name] = now
+                pod = self._pods.get(name)
+                if pod is None:
+                    continue
+                labels = old.labels
+                worker = self._worker(pod, labels)
+                self._workers[name] = (uid, worker)
+                self.scheduler.add_worker(worker)
+                log.info("%s: worker %s rejoined after a lost connection", self.ref.name, name)
 
     def _check_storm(self) -> None:
         if self.scheduler is None:
@@ -513,6 +557,7 @@ class JobRunner:
     async def _job_finished(self) -> None:
         assert self.job is not None and self.plan is not None
         self._collect_results()
+        self._refresh_counts()
         error = self._job_error
         if error is None:
             c = self.status.counts
