@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import pytest
 
@@ -72,3 +73,17 @@ def test_liveness_fails_when_a_job_loop_stalls() -> None:
     op.lag = 60.0
     with pytest.raises(RuntimeError, match="lag"):
         op.health()
+
+
+def test_credentials_send_the_service_account_token(tmp_path: Any) -> None:
+    from kubernetes import client
+
+    from bndl.k8s.kube import Credentials
+
+    cfg = client.Configuration()
+    cfg.host = "https://10.0.0.1:443"
+    cfg.api_key = {"BearerToken": "abc"}
+    cfg.api_key_prefix = {"BearerToken": "Bearer"}
+    assert Credentials(cfg).headers() == {"Authorization": "Bearer abc"}
+    cfg.api_key = {}
+    assert Credentials(cfg).headers() == {}

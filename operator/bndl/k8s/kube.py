@@ -63,14 +63,15 @@ def path(kind: str, namespace: str | None = None, name: str | None = None, sub: 
 class Credentials:
     """Host, TLS and authorization header, from the official client's configuration loaders."""
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: Any = None) -> None:
         from kubernetes import client, config
 
-        cfg = client.Configuration()
-        try:
-            config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
-        except config.ConfigException:
-            config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+        if cfg is None:
+            cfg = client.Configuration()
+            try:
+                config.load_incluster_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
+            except config.ConfigException:
+                config.load_kube_config(client_configuration=cfg)  # type: ignore[no-untyped-call]
         self._cfg = cfg
         self.host = cfg.host.rstrip("/")
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert or None)
@@ -82,7 +83,9 @@ class Credentials:
         self.ssl = ctx
 
     def headers(self) -> dict[str, str]:
-        token = self._cfg.get_api_key_with_prefix("authorization")  # refreshes rotated tokens
+        # The loaders keep the token under "BearerToken" (older clients: "authorization"); the
+        # call runs the refresh hook, so a rotated service-account token is read again.
+        token = self._cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
         return {"Authorization": token} if token else {}
 
 
