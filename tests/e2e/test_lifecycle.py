@@ -49,7 +49,8 @@ def test_deleted_worker_pod_is_recomputed_around_and_its_replacement_used(
                 "id": "who",
                 "call": "socket:gethostname",
                 "forEach": {"range": 2 * n},
-                "dependsOn": ["gate"],
+                # More than 8 dependencies: no data-locality pull towards the gate's worker.
+                "dependsOn": ["gate", "hold"],
             },
             {"id": "all", "call": TOTAL, "args": [{"fromTask": "sum", "all": True}]},
         ],

@@ -451,20 +451,9 @@ class JobRunner:
             job_key=f"{self.ref.uid[:8]}-{self._run_no}",
         )
         self.job.counter = self.scheduler.counts
-        self.status.counts = self.scheduler.counts()
-        resumed = self._run_no > 1
-        await self.set_phase(
-            Phase.RUNNING,
-            Reason.RESUMED if resumed else Reason.DISPATCHING,
-            f"running {len(self.job.tasks)} tasks on {len(workers)} workers",
-        )
-        await self.event(
-            Reason.RESUMED if resumed else "Started",
-            f"dispatching {self.status.counts.total - self.status.counts.succeeded} tasks to "
-            f"{len(workers)} workers",
-        )
+        todo = self.scheduler.counts().total - self.scheduler.counts().succeeded
+        # Dispatch first, report after: the status and event writes are not on the way.
         self.scheduler.start()
-        self.mark_dirty()  # the running count changed
         if self.first_dispatch is None and self.ready_at is not None:
             self.first_dispatch = time.monotonic()
             created = parse_timestamp(self.body["metadata"]["creationTimestamp"])
@@ -475,6 +464,17 @@ class JobRunner:
                 (self.first_dispatch - self.ready_at) * 1000,
                 (self._now() - created).total_seconds(),
             )
+        self.status.counts = self.scheduler.counts()
+        resumed = self._run_no > 1
+        await self.set_phase(
+            Phase.RUNNING,
+            Reason.RESUMED if resumed else Reason.DISPATCHING,
+            f"running {len(self.job.tasks)} tasks on {len(workers)} workers",
+        )
+        await self.event(
+            Reason.RESUMED if resumed else "Started",
+            f"dispatching {todo} tasks to {len(workers)} workers",
+        )
         while not self._job_done:
             await self._sleep(self._deadline_left())
             self._check_storm()
@@ -573,6 +573,8 @@ class JobRunner:
             await self._finish(Phase.FAILED, Reason.SCHEDULING_FAILED, str(root))
             return
         failed = next((t for t in self.job.tasks if t.failed and _error_of(t) is error), None)
+        if failed is None:
+            failed = next((t for t in self.job.tasks if t.failed), None)
         self.status.failed_tasks = 1
         where = f"task {failed.id!r}" if failed is not None else "a task"
         await self._finish(
