@@ -147,6 +147,20 @@ def test_only_the_operator_pod_mounts_a_service_account_token() -> None:
     assert pod["automountServiceAccountToken"] is True
 
 
+@pytest.mark.parametrize("values", [{}, {"nameOverride": "jobs", "fullnameOverride": "x"}])
+def test_workers_network_policy_admits_the_operator_pod(values: dict[str, Any]) -> None:
+    """The operator puts BNDL_OPERATOR_LABELS/NAMESPACE into each job's NetworkPolicy: they must
+    select the operator's own pod, or a policy-enforcing CNI (kind's) cuts it off its workers."""
+    docs = template(values, namespace="ops")
+    env = {e["name"]: e for e in operator_container(docs)["env"]}
+    wanted = dict(kv.split("=", 1) for kv in env["BNDL_OPERATOR_LABELS"]["value"].split(","))
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert wanted.items() <= pod_labels.items()
+    assert wanted["app.kubernetes.io/component"] == "operator"
+    ns = env["BNDL_OPERATOR_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"]
+    assert ns == "metadata.namespace"
+
+
 def test_worker_image_defaults_to_the_app_version_and_digest_wins() -> None:
     env = {e["name"]: e.get("value") for e in operator_container(template())["env"]}
     assert env["BNDL_WORKER_IMAGE"] == "ghcr.io/bndl/bndl-worker:0.1.0"
