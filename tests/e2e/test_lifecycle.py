@@ -187,5 +187,6 @@ def test_suspend_scales_workers_to_zero_and_resume_completes(
     assert st["phase"] == "Succeeded", st
     assert st["results"]["sum"] == sum(range(n))
     assert st["tasks"]["succeeded"] == n + 2
+    assert st["observedGeneration"] == 3  # created, suspended, resumed
     reasons = [e["reason"] for e in events(k8s_cluster, ns, "pausing")]
     assert "Suspended" in reasons and "Resumed" in reasons, reasons

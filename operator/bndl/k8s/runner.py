@@ -190,6 +190,7 @@ class JobRunner:
             await asyncio.sleep(self.settings.status_interval)  # the rate limit, not a wait
 
     async def write_status(self) -> None:
+        self.status.generation = int(self.body["metadata"].get("generation", 0))
         self._refresh_counts()
         try:
             await self.kube.patch(
@@ -202,6 +203,7 @@ class JobRunner:
             log.warning("%s: status not written: %s", self.ref.name, e)
 
     async def set_phase(self, phase: Phase, reason: str, message: str, *, now: bool = True) -> None:
+        self.status.generation = int(self.body["metadata"].get("generation", 0))
         self.status.set_phase(phase, reason, message, self._now())
         if now:
             await self.write_status()
