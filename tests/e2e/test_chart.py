@@ -90,6 +90,12 @@ class Target:
     ) -> str:
         return self._run([*self.kubectl_cmd, *args], input, check, timeout).stdout
 
+    def kubectl_refused(self, *args: str, input: str | None = None) -> str:
+        """Run kubectl expecting failure; return its error output."""
+        proc = self._run([*self.kubectl_cmd, *args], input, False, 120)
+        assert proc.returncode != 0, f"kubectl {' '.join(args)} succeeded:\n{proc.stdout}"
+        return proc.stderr
+
     def kubectl_json(self, *args: str) -> Any:
         return json.loads(self.kubectl(*args, "-o", "json"))
 
@@ -377,9 +383,11 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
     target = images
     op_ns, jobs_ns = namespaces
     release = RELEASE
-    # Cluster-scoped names depend on the release only, so a release name per run avoids clashes
-    # with another run on a shared cluster.
+    # Cluster-scoped names derive from the full name: one per run avoids clashes with another run
+    # on a shared cluster.
     fullname = f"bndl-{op_ns}"
+    for ns in namespaces:
+        assert_restricted_enforced(target, ns)
     common = [
         str(CHART),
         "-n",
@@ -465,6 +473,20 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
         )
     assert not gone(target, "crd", "bndljobs.bndl.io")
     assert not gone(target, "bndljob", "diamond", "-n", jobs_ns)
+
+
+def assert_restricted_enforced(target: Target, ns: str) -> None:
+    """The namespace really refuses pods that break the restricted Pod Security Standard."""
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "pss-probe"},
+        "spec": {"containers": [{"name": "c", "image": target.worker_image}]},
+    }
+    err = target.kubectl_refused(
+        "apply", "--dry-run=server", "-n", ns, "-f", "-", input=json.dumps(pod)
+    )
+    assert "violates PodSecurity" in err, err
 
 
 def assert_no_forbidden(target: Target, op_ns: str) -> None:
