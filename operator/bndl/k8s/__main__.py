@@ -21,6 +21,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
+    if not logging.getLogger().isEnabledFor(logging.DEBUG):
+        # kopf logs every handler call on every object event at INFO: keep its warnings only.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     operator = Operator(settings)
     # kopf would ask getpass for the user name, which fails for a numeric user without a
     # passwd entry (the restricted Pod Security Standard's runAsUser): name the process here.
