@@ -47,7 +47,11 @@ def test_deleted_worker_pod_is_recomputed_around_and_its_replacement_used(
             },
             {
                 "id": "who",
-                "call": "socket:gethostname",
+                # Slow enough that one worker alone cannot take them all before the other
+                # (new, still opening connections and importing) is ready for work.
+                "call": "subprocess:check_output",
+                "args": [["sh", "-c", "sleep 0.5; echo $HOSTNAME"]],
+                "kwargs": {"text": True},
                 "forEach": {"range": 2 * n},
                 # More than 8 dependencies: no data-locality pull towards the gate's worker.
                 "dependsOn": ["gate", "hold"],
@@ -106,7 +110,7 @@ def test_deleted_worker_pod_is_recomputed_around_and_its_replacement_used(
     assert st["phase"] == "Succeeded", (st, logs)
     assert st["tasks"]["recomputed"] >= 1, (st["tasks"], logs)
     assert st["results"]["all"] == sum(range(n)) + 100 * n
-    hosts = {st["results"][f"who-{i}"] for i in range(2 * n)}
+    hosts = {st["results"][f"who-{i}"].strip() for i in range(2 * n)}
     assert victim in hosts, f"the recreated {victim} ran none of {hosts}: {logs}"
     k8s_cluster.kubectl("delete", "bndljob", "lose", "-n", ns)
 
