@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -16,14 +15,7 @@ from bndl.execute.core import SchedulingError
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 from bndl.execute.job import Job, ResultOf, RmiTask, Task
 from bndl.execute.workers import ThreadWorker, Worker
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.005)
+from tests.waiting import wait_until
 
 
 def make_ctx(n: int = 2, **config: Any) -> ExecutionContext:

@@ -8,7 +8,7 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,14 +21,7 @@ from bndl.execute.workers import Worker
 from bndl.local import LocalCluster
 from bndl.local.cluster import WorkerProcess
 from bndl.wire import ClientSettings
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+from tests.waiting import wait_until
 
 
 def wait_for_file(path: str, timeout: float = 60.0) -> None:
