@@ -102,10 +102,8 @@ def run_dask(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
     from dask.distributed import Client, LocalCluster
 
     out = {}
-    cluster = LocalCluster(  # type: ignore[no-untyped-call]
-        n_workers=WORKERS, threads_per_worker=1, processes=True
-    )
-    with cluster, Client(cluster) as client:  # type: ignore[no-untyped-call]
+    cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True)
+    with cluster, Client(cluster) as client:
         client.gather(client.map(inc, range(100)))
         for name, n in workloads:
             start = time.perf_counter()
