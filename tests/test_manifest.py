@@ -585,7 +585,14 @@ def test_crd_identity_and_columns() -> None:
     assert spec["names"]["kind"] == "BndlJob" and spec["names"]["shortNames"] == ["bj"]
     (version,) = spec["versions"]
     assert (version["name"], version["served"], version["storage"]) == ("v1alpha1", True, True)
-    assert version["subresources"] == {"status": {}}
+    assert version["subresources"] == {
+        "status": {},
+        "scale": {
+            "specReplicasPath": ".spec.workers.replicas",
+            "statusReplicasPath": ".status.workers.ready",
+            "labelSelectorPath": ".status.selector",
+        },
+    }
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["Phase"] == ".status.phase"
     assert columns["Workers"] == ".status.workersSummary"

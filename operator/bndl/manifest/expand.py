@@ -306,6 +306,7 @@ class Expander:
                     group=raw.get("group"),
                     locality=locality,
                     attempts=raw.get("attempts"),
+                    max_worker_losses=raw.get("maxWorkerLosses"),
                     origin=entry.id,
                     index=None if entry.items is None else k,
                     item=item,

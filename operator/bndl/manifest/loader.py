@@ -254,6 +254,7 @@ def _plan(doc: Mapping[str, Any], tasks: list[Any], source: PathLike | None) -> 
         concurrency=spec["concurrency"],
         attempts=spec["attempts"],
         order_results=spec["orderResults"],
+        max_worker_losses=spec["maxWorkerLosses"],
         workers=WorkersSpec(
             replicas=workers.get("replicas", 1),
             port=workers.get("port", 8470),

@@ -73,6 +73,8 @@ class TaskSpec:
     """Node-label constraints and preferences."""
     attempts: int | None = None
     """Per-task override of ``JobPlan.attempts`` (None: use the job's)."""
+    max_worker_losses: int | None = None
+    """Per-task override of ``JobPlan.max_worker_losses`` (None: use the job's)."""
     origin: str = ""
     """Id of the manifest entry this task came from (equals ``id`` unless fanned out)."""
     index: int | None = None
@@ -136,6 +138,8 @@ class JobPlan:
     concurrency: int = 1
     attempts: int = 1
     order_results: bool = True
+    max_worker_losses: int = 3
+    """Workers lost while one task ran before that task fails the job (WorkerKilledByTask)."""
     workers: WorkersSpec = field(default_factory=WorkersSpec)
     await_workers: AwaitWorkers = field(default_factory=AwaitWorkers)
     active_deadline_seconds: int | None = None
