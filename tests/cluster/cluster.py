@@ -44,6 +44,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import ssl
 import struct
@@ -65,6 +66,7 @@ from .procs import (
     CommandError,
     NetNS,
     ProcRecord,
+    descendants,
     kill_pids,
     mounts_under,
     pids_rooted_under,
@@ -73,6 +75,7 @@ from .procs import (
     rss_kib,
     run,
     start_process,
+    status_kib,
     stop_processes,
     unmount_all_under,
     wait_for,
@@ -321,6 +324,85 @@ class Cluster:
             ]
             out[f"{n.name}-shims"] = sum(rss_kib(p) for p in shims)
         return out
+
+    # ------------------------------------------------------------------ faults
+
+    def apiserver_running(self) -> bool:
+        rec = self.procs.get("kube-apiserver")
+        return rec is not None and rec.alive()
+
+    def stop_apiserver(self, timeout: float = 20) -> None:
+        """Stop kube-apiserver (SIGTERM, SIGKILL after ``timeout``) and return once it is gone.
+
+        Everything else keeps running: etcd, the forwarder (which then closes each connection it
+        accepts), the kubelets and their pods, KCM, scheduler, kube-proxy and CoreDNS, which all
+        retry on their own. ``start_apiserver`` brings it back.
+        """
+        rec = self.procs["kube-apiserver"]
+        stop_processes([rec], timeout)
+        if rec.alive():
+            raise ClusterError(f"kube-apiserver (pid {rec.pid}) survived SIGKILL")
+
+    def start_apiserver(self, timeout: float = 90) -> None:
+        """Start kube-apiserver again (same command line, same log file); wait for /readyz."""
+        with self._lock:
+            if self._stopped:
+                raise ClusterError("the cluster is stopped")
+            if self.apiserver_running():
+                raise ClusterError("kube-apiserver is running already")
+            # _start records the new PID in the state file, so stop() and a later session's
+            # reap_stale_runs stop this process, not the old one.
+            self._start("kube-apiserver", self._apiserver_cmd())
+        self._wait(self._apiserver_ready, timeout, "kube-apiserver /readyz", "kube-apiserver")
+
+    def pod_pids(self, namespace: str, pod: str, container: str | None = None) -> list[int]:
+        """Host PIDs of a running container's processes, its main process first.
+
+        The cluster shares this host's PID namespace view: every container process is a process
+        here, so ``crictl inspect`` on the pod's node gives the main PID, and its descendants are
+        the processes it started (``kubectl exec`` sessions are children of the shim: not listed).
+        ``container`` defaults to the pod's first container.
+        """
+        obj = self.kubectl_json("get", "pod", pod, "-n", namespace)
+        name = container or obj["spec"]["containers"][0]["name"]
+        statuses = {s["name"]: s for s in obj["status"].get("containerStatuses", [])}
+        st = statuses.get(name)
+        if st is None or "running" not in st.get("state", {}) or not st.get("containerID"):
+            raise ClusterError(f"container {name} of pod {namespace}/{pod} is not running: {st}")
+        cid = st["containerID"].split("://", 1)[1]
+        info = json.loads(self.crictl(obj["spec"]["nodeName"], "inspect", cid))
+        main = int(info["info"]["pid"])
+        if not main or proc_state(main) in (None, "Z"):
+            raise ClusterError(f"container {name} of pod {namespace}/{pod}: no live process")
+        return [main, *descendants(main)]
+
+    def kill_container(
+        self,
+        namespace: str,
+        pod: str,
+        container: str | None = None,
+        sig: signal.Signals = signal.SIGKILL,
+        timeout: float = 10,
+    ) -> int:
+        """Send ``sig`` to the container's main process, as the OOM killer or a crash would;
+        return its PID. With SIGKILL, return only once the process is gone.
+
+        The main process is PID 1 of the container's PID namespace: the kernel delivers another
+        signal only when the process handles it (SIGTERM to a Python without a handler is lost).
+        """
+        pid = self.pod_pids(namespace, pod, container)[0]
+        os.kill(pid, sig)
+        if sig == signal.SIGKILL:
+            wait_for(lambda: proc_state(pid) in (None, "Z"), timeout, f"PID {pid} to exit")
+        return pid
+
+    @staticmethod
+    def process_memory_kib(pid: int) -> dict[str, int]:
+        """``{"VmRSS": ..., "VmHWM": ...}`` of a process in KiB (resident now and at its peak)."""
+        mem = status_kib(pid, "VmRSS", "VmHWM")
+        if len(mem) != 2:
+            raise ClusterError(f"no memory figures for PID {pid} (gone, or a kernel thread)")
+        return mem
 
     # ------------------------------------------------------------------ state file
 

@@ -262,6 +262,22 @@ def rss_kib(pid: int) -> int:
     return 0
 
 
+def status_kib(pid: int, *fields: str) -> dict[str, int]:
+    """The named ``kB`` fields of /proc/PID/status (``VmRSS``, ``VmHWM``, ...); missing ones are
+    absent from the result, and a process that is gone gives an empty dict."""
+    wanted = set(fields)
+    out: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return out
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key in wanted:
+            out[key] = int(value.split()[0])
+    return out
+
+
 def descendants(pid: int) -> list[int]:
     """All descendants of ``pid`` (from /proc/*/stat parent links)."""
     children: dict[int, list[int]] = {}
