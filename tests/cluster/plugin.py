@@ -13,7 +13,9 @@ Fixtures:
   then loaded into every node), ``.load_image(ref)``, ``.nodes`` (``.name``, ``.ip``, ``.zone``,
   ``.labels``), ``.node_names``, ``.wait_for(predicate, timeout, what)``,
   ``.call_in_netns(fn, *args)`` / ``.exec_in_netns(cmd)`` to reach pod and Service IPs,
-  ``.base_image``, ``.timings``, ``.memory_kib()``.
+  ``.base_image``, ``.timings``, ``.memory_kib()``; faults: ``.stop_apiserver()`` /
+  ``.start_apiserver()``, ``.pod_pids(ns, pod, container=None)``, ``.kill_container(ns, pod,
+  container=None, sig=SIGKILL)``, ``.process_memory_kib(pid)``.
 * ``k8s_test_image`` (session): the harness's small HTTP server image, already on every node.
 * ``k8s_namespace`` (function): a fresh namespace, deleted afterwards.
 
