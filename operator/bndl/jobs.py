@@ -4,12 +4,16 @@
 :class:`~bndl.execute.job.Job` here: each planned task becomes a :class:`PlannedTask` that calls the
 named function with its JSON arguments, ``fromTask`` markers become results of other tasks, and
 node-label locality becomes the engine's per-worker locality.
+
+What comes back to the driver is a choice of :func:`build_job`: every result (``bndl run``
+prints them all), or only the results of sink tasks (the operator, whose memory must not grow
+with the data of intermediate stages; their results stay on the workers, fetched on demand).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from bndl.execute.context import ExecutionContext
 from bndl.execute.job import Job, ResultOf, RmiTask
@@ -54,6 +58,7 @@ class PlannedTask(RmiTask):
         )
         self.spec = spec
         self.max_attempts = spec.attempts
+        self.max_worker_losses = spec.max_worker_losses
 
     def locality(self, workers: Iterable[Worker]) -> Iterable[tuple[Worker, float]]:
         locality = self.spec.locality
@@ -62,14 +67,33 @@ class PlannedTask(RmiTask):
         return [(w, locality_on(locality, getattr(w, "labels", {}))) for w in workers]
 
 
-def build_job(ctx: ExecutionContext | None, plan: JobPlan) -> Job:
-    """The engine job for ``plan``, its tasks in plan order with their dependencies wired."""
+def build_job(
+    ctx: ExecutionContext | None,
+    plan: JobPlan,
+    *,
+    results: Literal["all", "sinks"] = "all",
+    keep_all: bool = False,
+) -> Job:
+    """The engine job for ``plan``, its tasks in plan order with their dependencies wired.
+
+    ``results="sinks"``: only tasks without dependents send their result to the driver; the
+    others leave it on their worker (``task.result()`` fetches it from there). ``keep_all``:
+    every worker keeps every result it computed until the job ends, sinks too, so that a
+    driver that restarts can adopt them.
+    """
+    if results not in ("all", "sinks"):
+        raise ValueError(f"results must be 'all' or 'sinks', not {results!r}")
     tasks: dict[str, PlannedTask] = {}
     for spec in plan.tasks:
         tasks[spec.id] = PlannedTask(ctx, spec)
     for spec in plan.tasks:
         task = tasks[spec.id]
         task.depends_on(*(tasks[d] for d in spec.depends_on))
+    for task in tasks.values():
+        if results == "sinks" and task.dependents:
+            task.reply = False
+        if keep_all:
+            task.keep = True
     return Job(ctx, list(tasks.values()), name=plan.name)
 
 

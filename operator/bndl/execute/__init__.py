@@ -5,11 +5,14 @@ Configuration keys (read at the start of each job; per-call arguments override t
 - ``bndl.execute.concurrency`` (int, default 1): tasks of one job running at once on one worker.
 - ``bndl.execute.attempts`` (int, default 1): ordinary failures a task may have before the job
   fails.
+- ``bndl.execute.max_worker_losses`` (int, default 3): lost workers a task may be charged (it was
+  running on them when they were lost) before the job fails with ``WorkerKilledByTask``.
 """
 
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 
 CONCURRENCY = "bndl.execute.concurrency"
 ATTEMPTS = "bndl.execute.attempts"
+MAX_WORKER_LOSSES = "bndl.execute.max_worker_losses"
 
-__all__ = ["ATTEMPTS", "CONCURRENCY", "DependenciesFailed", "TaskCancelled"]
+__all__ = ["ATTEMPTS", "CONCURRENCY", "MAX_WORKER_LOSSES", "DependenciesFailed", "TaskCancelled"]

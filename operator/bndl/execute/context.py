@@ -11,13 +11,13 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from bndl.execute import ATTEMPTS, CONCURRENCY
+from bndl.execute import ATTEMPTS, CONCURRENCY, MAX_WORKER_LOSSES
 from bndl.execute.job import Job, Task
 from bndl.execute.profile import CpuProfiling, MemoryProfiling
 from bndl.execute.scheduler import Scheduler
 from bndl.execute.workers import StaticWorkers, Worker, WorkerSet
 
-DEFAULTS: dict[str, Any] = {CONCURRENCY: 1, ATTEMPTS: 1}
+DEFAULTS: dict[str, Any] = {CONCURRENCY: 1, ATTEMPTS: 1, MAX_WORKER_LOSSES: 3}
 
 # How many finished jobs a context remembers (the original kept every job forever).
 RECENT_JOBS = 100
@@ -144,12 +144,15 @@ class ExecutionContext:
         order_results: bool = True,
         concurrency: int | None = None,
         attempts: int | None = None,
+        max_worker_losses: int | None = None,
     ) -> Generator[Task, None, None]:
         """Run ``job``; yields each task exactly once, after it succeeded.
 
         In ``job.tasks`` order when ``order_results``, else in completion order. Read results
         with ``task.result()``. A task failing ``attempts`` times, or a job that cannot complete,
-        raises from the generator. Closing the generator early cancels what still runs.
+        raises from the generator; so does a task running on ``max_worker_losses`` workers that
+        were lost (:class:`~bndl.execute.core.WorkerKilledByTask`). Closing the generator early
+        cancels what still runs.
         """
         if not self.running:
             raise RuntimeError("the execution context was stopped")
@@ -157,6 +160,10 @@ class ExecutionContext:
             "concurrency", concurrency if concurrency is not None else self.conf[CONCURRENCY]
         )
         attempts = _positive("attempts", attempts if attempts is not None else self.conf[ATTEMPTS])
+        max_worker_losses = _positive(
+            "max_worker_losses",
+            max_worker_losses if max_worker_losses is not None else self.conf[MAX_WORKER_LOSSES],
+        )
         if workers is None:
             self.await_workers()
             workers = self.workers
@@ -164,7 +171,14 @@ class ExecutionContext:
             return
         self.jobs.append(job)
         results: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        scheduler = Scheduler(job.tasks, results.put, workers, concurrency, attempts)
+        scheduler = Scheduler(
+            job.tasks,
+            results.put,
+            workers,
+            concurrency,
+            attempts,
+            max_worker_losses=max_worker_losses,
+        )
         job.counter = scheduler.counts
         scheduler.start()
         try:

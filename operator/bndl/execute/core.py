@@ -15,10 +15,19 @@ Semantics follow the original ``bndl.execute`` scheduler with its known bugs fix
   worker when there is no other (so ``attempts > 1`` works on a one-worker cluster);
 - a task is emitted exactly once, on its first success; results are never "missing";
 - lost workers and lost dependency outputs are never charged as attempts;
+- but a task running on a worker that is lost is charged a *worker loss* (a task that kills its
+  worker, by a crash, ``os._exit`` or running out of memory, would otherwise be re-run forever);
+  at ``max_worker_losses`` the job fails with :class:`WorkerKilledByTask`. Losses the driver
+  caused on purpose (a pod deleted or scaled away) are reported uncharged;
 - many-to-many dependencies cost O(1) per edge (a counter per task, no per-edge sets).
 
 Runs are numbered per task: every dispatch carries a run number and every event names the run it
 is about, so late events from an abandoned run (a lost worker that answers after all) are ignored.
+
+A new driver can adopt what an earlier one left on the workers (an operator that restarted):
+``held`` tasks start succeeded with their output on the named worker, ``running`` tasks start
+running there (``start()`` dispatches them as run 1, so the shell attaches to the run instead of
+starting it). Either is adopted only when its worker is live; otherwise it simply runs again.
 """
 
 from __future__ import annotations
@@ -57,11 +66,51 @@ class SchedulingError(Exception):
         self.task = task
 
 
+class WorkerKilledByTask(SchedulingError):
+    """A task was running on ``limit`` workers that were lost: it probably kills its worker.
+
+    ``workers`` names the lost workers in order (a worker that came back and was lost again
+    appears twice); ``causes`` maps worker names to why they were lost, when the shell could
+    find out (say, ``"exit code 3"``).
+    """
+
+    def __init__(
+        self,
+        task: TaskId,
+        workers: Sequence[WorkerName],
+        limit: int,
+        causes: Mapping[WorkerName, str] | None = None,
+    ) -> None:
+        self.workers = list(workers)
+        self.losses = len(self.workers)
+        self.limit = limit
+        self.causes: dict[WorkerName, str] = dict(causes or {})
+        super().__init__(self._describe(task), task)
+
+    def add_causes(self, causes: Mapping[WorkerName, str]) -> None:
+        """Record why workers were lost, and say so in the message."""
+        self.causes.update(causes)
+        self.args = (self._describe(self.task),)
+
+    def _describe(self, task: TaskId) -> str:
+        lost = "; " if self.causes else ", "
+        names = lost.join(f"{w}: {self.causes[w]}" if w in self.causes else w for w in self.workers)
+        plural = "worker that was" if self.losses == 1 else "workers that were"
+        return (
+            f"task {task!r} was running on {self.losses} {plural} lost ({names}); it probably "
+            "kills its worker (a crash, os._exit, or running out of memory); "
+            f"maxWorkerLosses is {self.limit}"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.task, self.workers, self.limit, self.causes))
+
+
 class FailureKind(Enum):
     """How a task run ended, when it did not succeed."""
 
     ERROR = "error"  # the task's own code raised: charged as an attempt
-    LOST = "lost"  # the worker could not be reached (NotConnected): not charged, worker lost
+    LOST = "lost"  # the worker could not be reached (NotConnected): worker lost, a worker loss
     REQUEUE = "requeue"  # cancelled, or its output declared lost while running: not charged
 
 
@@ -73,6 +122,7 @@ class TaskSpec:
     dependencies: Sequence[TaskId] = ()
     priority: Any = None  # lower runs first; None means "position in the job"
     attempts: int | None = None  # per-task override of the job's attempts
+    max_worker_losses: int | None = None  # per-task override of the job's max_worker_losses
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +183,9 @@ class Counts:
     retried: int  # runs that failed with an ordinary error and were retried
     recomputed: int  # runs of tasks whose output had been lost
     lost_runs: int  # runs abandoned because their worker was lost
+    worker_losses: int = 0  # lost runs charged to their task (see ``max_worker_losses``)
+    adopted: int = 0  # tasks whose output a worker held when the job started (``held``)
+    reattached: int = 0  # runs adopted at the start (``running``)
 
 
 class SchedulerCore:
@@ -148,13 +201,19 @@ class SchedulerCore:
         locality: Mapping[TaskId, Mapping[WorkerName, float]] | None = None,
         succeeded: Iterable[TaskId] = (),
         wait_for_workers: bool = False,
+        max_worker_losses: int = 3,
+        held: Mapping[TaskId, WorkerName] | None = None,
+        running: Mapping[TaskId, WorkerName] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
         if attempts < 1:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
+        if max_worker_losses < 1:
+            raise ValueError(f"max_worker_losses must be at least 1, not {max_worker_losses}")
         self.concurrency = concurrency
         self.attempts = attempts
+        self.max_worker_losses = max_worker_losses
         self.wait_for_workers = wait_for_workers
 
         n = len(tasks)
@@ -168,6 +227,7 @@ class SchedulerCore:
             i if t.priority is None else t.priority for i, t in enumerate(tasks)
         ]
         self._attempts: list[int] = [t.attempts or attempts for t in tasks]
+        self._max_losses: list[int] = [t.max_worker_losses or max_worker_losses for t in tasks]
         done = {self._index[t] for t in succeeded if t in self._index}
         self._deps: list[list[int]] = [[] for _ in range(n)]
         self._dependents: list[list[int]] = [[] for _ in range(n)]
@@ -196,6 +256,11 @@ class SchedulerCore:
         self._ready_ver = [0] * n
         self._ever_succeeded = [False] * n
         self._initially_done = done
+        self._held = {self._index[t]: w for t, w in (held or {}).items() if t in self._index}
+        self._adopt_running = {
+            self._index[t]: w for t, w in (running or {}).items() if t in self._index
+        }
+        self._lost_on: dict[int, list[WorkerName]] = {}  # charged worker losses per task
         # Extra waits: a task that reported a lost output of a task that is not its direct
         # dependency waits for that recomputation too.
         self._waiters: dict[int, set[int]] = {}
@@ -217,6 +282,9 @@ class SchedulerCore:
         self._retried = 0
         self._recomputed = 0
         self._lost_runs = 0
+        self._worker_losses = 0
+        self._adopted = 0
+        self._reattached = 0
         self._closed = False
         self._started = False
 
@@ -240,8 +308,12 @@ class SchedulerCore:
         if not self._live and not self.wait_for_workers:
             return self._fail(SchedulingError("no workers available"), out)
         for i in range(len(self._ids)):
-            if i in self._initially_done:
+            holder = self._held.get(i)
+            adopted = holder is not None and holder in self._live
+            if adopted or i in self._initially_done:
                 self._state[i] = _SUCCEEDED
+                self._holder[i] = holder if adopted else None
+                self._adopted += adopted
                 self._ever_succeeded[i] = True
                 self._succeeded += 1
         for i in range(len(self._ids)):
@@ -257,8 +329,12 @@ class SchedulerCore:
             for i in self._forbidden:
                 if self._state[i] != _SUCCEEDED and self._nowhere_to_run(i):
                     return self._fail(self._forbidden_error(i), out)
+        for i, worker in self._adopt_running.items():
+            if self._state[i] == _BLOCKED and worker in self._live:
+                self._reattached += 1
+                self._start_run(i, worker, out)
         for i in range(len(self._ids)):
-            if self._state[i] != _SUCCEEDED and self._remaining[i] == 0:
+            if self._state[i] == _BLOCKED and self._remaining[i] == 0:
                 self._make_ready(i)
         return self._finish_step(out)
 
@@ -284,7 +360,10 @@ class SchedulerCore:
         if kind is FailureKind.LOST:
             self._lost_runs += 1
             self._requeue(i)
-            self._lose_worker(worker, out)
+            killer = self._charge_loss(i, worker)
+            if killer is not None:
+                return self._fail(killer, out, task=self._ids[i])
+            self._lose_worker(worker, out, charge=True)
         elif kind is FailureKind.REQUEUE:
             self._requeue(i)
         else:
@@ -384,12 +463,16 @@ class SchedulerCore:
                 )
         return self._finish_step(out)
 
-    def worker_lost(self, worker: WorkerName) -> list[Decision]:
-        """A worker is gone: its runs are abandoned (not charged) and run elsewhere."""
+    def worker_lost(self, worker: WorkerName, *, charge: bool = True) -> list[Decision]:
+        """A worker is gone: its runs are abandoned and run elsewhere.
+
+        With ``charge``, each task running there is charged a worker loss (never an attempt);
+        pass ``charge=False`` when the driver removed the worker on purpose.
+        """
         out: list[Decision] = []
         if self._closed or worker not in self._live:
             return out
-        self._lose_worker(worker, out)
+        self._lose_worker(worker, out, charge=charge)
         return self._finish_step(out)
 
     def cancel(self) -> list[Decision]:
@@ -425,6 +508,9 @@ class SchedulerCore:
             retried=self._retried,
             recomputed=self._recomputed,
             lost_runs=self._lost_runs,
+            worker_losses=self._worker_losses,
+            adopted=self._adopted,
+            reattached=self._reattached,
         )
 
     def holder(self, task: TaskId) -> WorkerName | None:
@@ -437,6 +523,10 @@ class SchedulerCore:
     def failures(self, task: TaskId) -> int:
         """Ordinary failures charged to ``task`` so far."""
         return self._failures[self._index[task]]
+
+    def worker_losses(self, task: TaskId) -> list[WorkerName]:
+        """The workers lost while running ``task`` whose loss was charged to it, in order."""
+        return list(self._lost_on.get(self._index[task], ()))
 
     # -------------------------------------------------------------------------------- internal
 
@@ -555,19 +645,35 @@ class SchedulerCore:
             tid,
         )
 
-    def _lose_worker(self, worker: WorkerName, out: list[Decision]) -> None:
+    def _charge_loss(self, i: int, worker: WorkerName) -> WorkerKilledByTask | None:
+        """Charge task ``i`` the loss of ``worker``; the error once it reached its limit."""
+        lost = self._lost_on.setdefault(i, [])
+        lost.append(worker)
+        self._worker_losses += 1
+        if len(lost) >= self._max_losses[i]:
+            return WorkerKilledByTask(self._ids[i], lost, self._max_losses[i])
+        return None
+
+    def _lose_worker(self, worker: WorkerName, out: list[Decision], *, charge: bool) -> None:
         if worker not in self._live:
             return
         del self._live[worker]
         self._idle.discard(worker)
         self._pref.pop(worker, None)
         self._restricted.pop(worker, None)
-        for i in list(self._running[worker]):
+        killer: WorkerKilledByTask | None = None
+        for i in sorted(self._running[worker]):
             out.append(Cancel(self._ids[i], worker, self._run[i]))
             self._stop_run(i)
             self._lost_runs += 1
             self._requeue(i)
+            if charge:
+                error = self._charge_loss(i, worker)
+                killer = killer or error
         del self._running[worker]
+        if killer is not None:
+            self._fail(killer, out)
+            return
         if not self._live:
             if not self.wait_for_workers:
                 self._fail(SchedulingError("all workers were lost; the job cannot complete"), out)
@@ -642,8 +748,11 @@ class SchedulerCore:
         return self._pop_valid(glob, worker) if glob else None
 
     def _dispatch(self, i: int, worker: WorkerName, out: list[Decision]) -> None:
-        self._state[i] = _RUNNING
         self._ready -= 1
+        self._start_run(i, worker, out)
+
+    def _start_run(self, i: int, worker: WorkerName, out: list[Decision]) -> None:
+        self._state[i] = _RUNNING
         self._run[i] += 1
         self._running_on[i] = worker
         self._running[worker].add(i)

@@ -4,11 +4,24 @@ A :class:`Job` is a list of :class:`Task` objects whose ``dependencies``/``depen
 DAG. A task's state lives in its ``future``; the scheduler attaches to the future it installs in
 :meth:`Task.execute`, so a task may complete on any thread. :class:`RmiTask` runs a Python callable
 on a worker; :class:`ResultOf` inside its arguments stands for the result of another task.
+
+Run keys name a run of an :class:`RmiTask` on its worker (the worker keeps the result under it):
+``"<job key>/<task id>.<attempt>"``, e.g. ``"1a2b3c4d.x7/reduce-0.2"``. The task id appears as
+is when every task id of the job is a string of letters, digits, ``-``, ``_`` and ``.`` (the
+ids of a BndlJob manifest), else every task is named by its position in the job. The job key
+contains no ``/``. So a driver that knows the job's key prefix maps a key a worker reports back
+to its task (:func:`parse_run_key`), also a key made by an earlier driver with another job key.
+
+Results need not come back to the driver: an RmiTask with ``reply=False`` leaves its result on
+its worker, and :meth:`RmiTask.result` fetches it from there on each call (nothing is cached, so
+the driver's memory does not grow with the job's data). Such results live as long as the worker
+keeps them, which is until the job ends.
 """
 
 from __future__ import annotations
 
 import itertools
+import re
 from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import CancelledError, Future
 from dataclasses import dataclass
@@ -107,6 +120,7 @@ class Task:
         self.executed_on: list[str] = []
         self.attempts = 0  # executions so far
         self.max_attempts: int | None = None  # ordinary failures allowed (None: the job's)
+        self.max_worker_losses: int | None = None  # charged worker losses (None: the job's)
         self.cancelled = False
         self._kept: Future[Any] | None = None  # first successful run, kept across re-runs
         self._listeners: list[Callable[[Task], None]] = []
@@ -128,6 +142,13 @@ class Task:
         Must not block; the future completes (on any thread) when the work is done.
         """
         raise NotImplementedError
+
+    def attach(self, scheduler: SchedulerHandle, worker: Worker, key: str) -> None:
+        """Take over the run ``key`` that an earlier driver started on ``worker``.
+
+        Like :meth:`execute`, it must install ``self.future`` without blocking.
+        """
+        raise NotImplementedError(f"{type(self).__name__} cannot attach to run {key!r}")
 
     def locality(self, workers: Iterable[Worker]) -> Iterable[tuple[Worker, float]]:
         """(worker, locality) pairs: 0 indifferent, negative forbidden, positive preferred."""
@@ -246,11 +267,55 @@ class Task:
         return f"<{type(self).__name__} {_format_id(self.id)}{state}>"
 
 
+class _OnWorker:
+    """What a run's future holds when its result stayed on the worker: where to fetch it."""
+
+    __slots__ = ("key", "worker")
+
+    def __init__(self, worker: Worker, key: str) -> None:
+        self.worker = worker
+        self.key = key
+
+    def fetch(self) -> Any:
+        fetch = getattr(self.worker, "fetch", None)
+        if not callable(fetch):
+            raise RuntimeError(
+                f"the result of run {self.key} stays on worker {self.worker.name}, which cannot "
+                "send it to the driver (it has no fetch)"
+            )
+        return fetch(self.key)
+
+    def __repr__(self) -> str:
+        return f"<result of {self.key} on worker {self.worker.name}>"
+
+
+def _left_on(run: Future[Any], worker: Worker, key: str) -> Future[Any]:
+    """A future that completes with ``run`` but holds an :class:`_OnWorker` instead of a value."""
+    future: Future[Any] = Future()
+
+    def settle(run: Future[Any]) -> None:
+        if future.done():
+            return
+        if run.cancelled():
+            future.cancel()
+        elif (exc := run.exception()) is not None:
+            future.set_exception(exc)
+        else:
+            future.set_result(_OnWorker(worker, key))
+
+    run.add_done_callback(settle)
+    return future
+
+
 class RmiTask(Task):
     """Runs ``method(*args, **kwargs)`` on a worker.
 
     ``method`` and its arguments travel with cloudpickle, so the worker needs the modules they
     refer to. :class:`ResultOf` markers in ``args``/``kwargs`` are replaced by those results.
+
+    ``keep``: the worker keeps the result after the run (None: when the task has dependents).
+    ``reply``: the result is sent back to the driver; with False only the outcome is, the worker
+    keeps the result (whatever ``keep`` says) and :meth:`result` fetches it from there.
     """
 
     def __init__(
@@ -279,6 +344,8 @@ class RmiTask(Task):
         self.kwargs = dict(kwargs or {})
         self.key: str = ""  # set by the scheduler: unique in the job, prefixed by the job's key
         self.run_key: str = ""  # the key of the latest run: where its worker keeps the result
+        self.keep: bool | None = None
+        self.reply: bool = True
         self._worker: Worker | None = None
         self._has_refs = _contains_refs(self.args) or _contains_refs(self.kwargs)
 
@@ -300,8 +367,40 @@ class RmiTask(Task):
             args = _replace_refs(args, resolve)
             kwargs = _replace_refs(kwargs, resolve)
         self._worker = worker
-        self.run_key = f"{self.key or _format_id(self.id)}.{self.attempts}"
-        self.future = worker.run(self.run_key, self.method, args, kwargs, bool(self.dependents))
+        self.run_key = key = f"{self.key or _format_id(self.id)}.{self.attempts}"
+        keep = self.keep if self.keep is not None else bool(self.dependents)
+        if self.reply:
+            self.future = worker.run(key, self.method, args, kwargs, keep)
+        else:
+            run = worker.run(key, self.method, args, kwargs, True, reply=False)
+            self.future = _left_on(run, worker, key)
+
+    def attach(self, scheduler: SchedulerHandle, worker: Worker, key: str) -> None:
+        """Take over run ``key`` on ``worker`` through ``worker.attach(key, reply)``."""
+        attach = getattr(worker, "attach", None)
+        if not callable(attach):
+            raise NotImplementedError(f"worker {worker.name} cannot attach to run {key!r}")
+        self.set_executing(worker)
+        self._worker = worker
+        self.run_key = key
+        run: Future[Any] = attach(key, self.reply)
+        self.future = run if self.reply else _left_on(run, worker, key)
+
+    def adopt_result(self, worker: Worker, key: str) -> None:
+        """The result of this task is on ``worker`` under ``key`` (computed by another driver)."""
+        future: Future[Any] = Future()
+        future.set_result(_OnWorker(worker, key))
+        self.future = future
+        self._worker = worker
+        self.run_key = key
+        self.executed_on.append(worker.name)
+
+    def result(self) -> Any:
+        """The task's result; one its worker kept is fetched from there (on every call)."""
+        value = super().result()
+        if isinstance(value, _OnWorker):
+            return value.fetch()
+        return value
 
     def stop_run(self) -> None:
         if self.pending and self._worker is not None:
@@ -310,6 +409,33 @@ class RmiTask(Task):
     def release(self) -> None:
         super().release()
         self._worker = None
+
+
+_KEY_ID = re.compile(r"[A-Za-z0-9_.-]+\Z")
+
+
+def task_keys(job_key: str, task_ids: Sequence[Hashable]) -> list[str]:
+    """The keys of a job's tasks (a run key adds ``.<attempt>``); see the module docstring."""
+    if "/" in job_key:
+        raise ValueError(f"a job key may not contain '/': {job_key!r}")
+    if all(isinstance(t, str) and _KEY_ID.match(t) for t in task_ids):
+        return [f"{job_key}/{t}" for t in task_ids]
+    return [f"{job_key}/{n}" for n in range(len(task_ids))]
+
+
+def parse_run_key(job_key_prefix: str, key: str) -> str | None:
+    """The task id part of run ``key`` when its job key starts with ``job_key_prefix``, else None.
+
+    ``parse_run_key("1a2b3c4d", "1a2b3c4d.x7/reduce-0.2") == "reduce-0"``. For a job whose
+    tasks are named by position, the position comes back as a string.
+    """
+    job, slash, run = key.partition("/")
+    if not slash or not job.startswith(job_key_prefix):
+        return None
+    task, dot, attempt = run.rpartition(".")
+    if not dot or not task or not attempt.isdigit() or not _KEY_ID.match(task):
+        return None
+    return task
 
 
 def _format_id(task_id: Hashable) -> str:

@@ -6,6 +6,16 @@ event loop). The shell serialises them under one lock, feeds them to the pure
 worker, stop a run, hand a task to the consumer (``done``), end the job. An event raised while
 another is being handled on the same thread (a task that completes synchronously) is queued, not
 handled recursively, so decisions are applied in order.
+
+Runs are named by :func:`~bndl.execute.job.task_keys` (``"<job key>/<task id>.<attempt>"``,
+see :mod:`bndl.execute.job`). A new driver adopts what an earlier one left on the workers with
+``adopted``: a task whose result a worker holds is not run again (its result stays there), and
+a run still going on a worker is attached to instead of started. A run that its worker no longer
+knows (``RunNotFound``) is re-run, uncharged.
+
+When a task is charged ``max_worker_losses`` lost workers the job fails with
+:class:`WorkerKilledByTask`; the shell then asks those workers why they were lost (an optional
+``loss_cause()`` method of a worker: ``"exit code 3"``) and puts the answers in the error.
 """
 
 from __future__ import annotations
@@ -14,20 +24,45 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Callable, Hashable, Iterable, Sequence
-from concurrent.futures import CancelledError, Future
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from bndl.execute import core
-from bndl.execute.core import FailureKind, SchedulingError
+from bndl.execute.core import FailureKind, SchedulingError, WorkerKilledByTask
 from bndl.execute.exceptions import DependenciesFailed, NotConnected
-from bndl.execute.job import RmiTask, Task
+from bndl.execute.job import RmiTask, Task, parse_run_key, task_keys
 from bndl.execute.workers import Worker
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FailedDependency", "Scheduler", "SchedulingError", "root_exc"]
+__all__ = [
+    "Adopted",
+    "FailedDependency",
+    "Scheduler",
+    "SchedulingError",
+    "WorkerKilledByTask",
+    "parse_run_key",
+    "root_exc",
+]
+
+# Seconds the shell waits, in all, for lost workers to say why they were lost.
+LOSS_CAUSE_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Adopted:
+    """What a worker reported about a task of the job when the driver (re)started.
+
+    ``running``: the run ``key`` still runs on ``worker``; else ``worker`` holds its result.
+    """
+
+    worker: str
+    key: str
+    running: bool
 
 
 class FailedDependency(Exception):
@@ -40,6 +75,12 @@ class FailedDependency(Exception):
     def __init__(self, worker: str | None = None) -> None:
         super().__init__(worker)
         self.worker = worker
+
+
+def _is_run_not_found(exc: BaseException) -> bool:
+    """The worker does not know the run (``bndl.wire.errors.RunNotFound``; matched by name, so
+    the engine needs no import of the wire protocol)."""
+    return any(c.__name__ == "RunNotFound" for c in type(exc).__mro__)
 
 
 def root_exc(exc: BaseException) -> BaseException:
@@ -56,7 +97,10 @@ class Scheduler:
     """Runs one job's tasks on ``workers``.
 
     ``done`` is called with each task on its first success, with an exception when the job fails,
-    and finally with ``None``.
+    and finally with ``None``. ``max_worker_losses``: how many lost workers a task may be
+    charged before the job fails (a per-task ``max_worker_losses`` overrides it). ``adopted``
+    maps task ids to what workers reported about them (see the module docstring); entries for
+    unknown tasks or workers are ignored.
     """
 
     def __init__(
@@ -69,6 +113,8 @@ class Scheduler:
         *,
         wait_for_workers: bool = False,
         job_key: str | None = None,
+        max_worker_losses: int = 3,
+        adopted: Mapping[Hashable, Adopted] | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("a job needs at least one task")
@@ -90,19 +136,46 @@ class Scheduler:
         self._busy = False
         self._finished = threading.Event()
         self.error: BaseException | None = None
+        held, running = self._adopt(adopted or {})
         self._core = core.SchedulerCore(
             self._specs(),
             list(self._workers),
             concurrency=concurrency,
             attempts=attempts,
             locality=self._locality(list(self._workers.values())),
-            succeeded=[t.id for t in self.tasks if t.succeeded],
+            succeeded=[t.id for t in self.tasks if t.succeeded and t.id not in held],
             wait_for_workers=wait_for_workers,
+            max_worker_losses=max_worker_losses,
+            held=held,
+            running={tid: a.worker for tid, a in running.items()},
         )
-        for n, t in enumerate(self.tasks):
+        self._reattach = running
+        keys = task_keys(self.job_key, [t.id for t in self.tasks])
+        for t, key in zip(self.tasks, keys, strict=True):
             if isinstance(t, RmiTask):
-                t.key = f"{self.job_key}/{n}"
+                t.key = key
             t.add_listener(self._on_marked)
+
+    def _adopt(
+        self, adopted: Mapping[Hashable, Adopted]
+    ) -> tuple[dict[Hashable, str], dict[Hashable, Adopted]]:
+        """Mark held results as succeeded on their workers; the held and the running tasks."""
+        held: dict[Hashable, str] = {}
+        running: dict[Hashable, Adopted] = {}
+        for tid, a in adopted.items():
+            task = self._tasks.get(tid)
+            worker = self._workers.get(a.worker)
+            if task is None or worker is None:
+                log.debug("not adopting %r on %s: unknown task or worker", tid, a.worker)
+                continue
+            if not isinstance(task, RmiTask):
+                raise ValueError(f"only an RmiTask can be adopted, not {task!r}")
+            if a.running:
+                running[tid] = a
+            else:
+                task.adopt_result(worker, a.key)
+                held[tid] = a.worker
+        return held, running
 
     def _specs(self) -> list[core.TaskSpec]:
         specs = []
@@ -116,7 +189,7 @@ class Scheduler:
                         f"{t!r} depends on {d!r}, which is not part of the job and has not "
                         "succeeded: add it to the job"
                     )
-            specs.append(core.TaskSpec(t.id, deps, t.priority, t.max_attempts))
+            specs.append(core.TaskSpec(t.id, deps, t.priority, t.max_attempts, t.max_worker_losses))
         return specs
 
     def _locality(self, workers: list[Worker]) -> dict[Hashable, dict[str, float]]:
@@ -160,9 +233,13 @@ class Scheduler:
         locality = {t.id: v for t in self.tasks for w, v in t.locality([worker]) if v}
         self._feed(self._core.worker_added, worker.name, locality)
 
-    def lose_worker(self, name: str) -> None:
-        """A worker is gone: its runs are abandoned and run elsewhere."""
-        self._feed(self._core.worker_lost, name)
+    def lose_worker(self, name: str, charge: bool = True) -> None:
+        """A worker is gone: its runs are abandoned and run elsewhere.
+
+        With ``charge`` each task running there is charged a worker loss; pass False when the
+        worker was removed on purpose (its pod deleted or scaled away), not by a task.
+        """
+        self._feed(partial(self._core.worker_lost, charge=charge), name)
 
     def holder_of(self, task: Task) -> Worker | None:
         name = self._core.holder(task.id)
@@ -211,7 +288,10 @@ class Scheduler:
             elif kind is core.Finished:
                 self._close(None)
             elif kind is core.Failed:
-                self._close(d.error)  # type: ignore[union-attr]
+                error = d.error  # type: ignore[union-attr]
+                if isinstance(error, WorkerKilledByTask):
+                    self._explain(error)
+                self._close(error)
             elif kind is core.Cancelled:
                 self._close(self.error or CancelledError("the job was cancelled"))
 
@@ -222,8 +302,12 @@ class Scheduler:
             # The core abandoned the previous run (its worker was lost) before that run's future
             # completed: detach it. When it completes, its run number is stale and ignored.
             task.future = None
+        adopted = self._reattach.pop(d.task, None) if d.run == 1 else None
         try:
-            task.execute(self, worker)
+            if adopted is not None and adopted.worker == d.worker:
+                task.attach(self, worker, adopted.key)
+            else:
+                task.execute(self, worker)
             future = task.future
             if future is None:
                 raise RuntimeError(f"{type(task).__name__}.execute installed no future")
@@ -246,7 +330,9 @@ class Scheduler:
             self._feed(self._core.task_succeeded, task_id, run)
             return
         root = root_exc(exc)
-        if isinstance(root, NotConnected):
+        if _is_run_not_found(root):
+            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
+        elif isinstance(root, NotConnected):
             self._feed(self._core.task_failed, task_id, run, exc, FailureKind.LOST)
         elif isinstance(root, DependenciesFailed):
             self._feed(self._core.dependencies_failed, task_id, run, root.failures)
@@ -265,6 +351,34 @@ class Scheduler:
                 if root.worker is not None:
                     self._feed(self._core.worker_lost, root.worker)
                 self._feed(self._core.output_lost, task.id)
+
+    def _explain(self, error: WorkerKilledByTask) -> None:
+        """Ask the lost workers why they were lost (in parallel, within a deadline)."""
+        probes: dict[str, Callable[[], str | None]] = {}
+        for name in error.workers:
+            probe = getattr(self._workers.get(name), "loss_cause", None)
+            if callable(probe) and name not in probes:
+                probes[name] = probe
+        if not probes:
+            return
+        pool = ThreadPoolExecutor(len(probes), thread_name_prefix="bndl-loss-cause")
+        try:
+            asked = {name: pool.submit(probe) for name, probe in probes.items()}
+            wait_futures(asked.values(), timeout=LOSS_CAUSE_TIMEOUT)
+        finally:
+            pool.shutdown(wait=False)
+        causes: dict[str, str] = {}
+        for name, future in asked.items():
+            if not future.done():
+                continue
+            try:
+                cause = future.result()
+            except Exception as e:  # a probe that fails says nothing; the error stands
+                log.debug("loss_cause of %s failed: %s", name, e)
+                continue
+            if cause:
+                causes[name] = str(cause)
+        error.add_causes(causes)
 
     def _close(self, error: BaseException | None) -> None:
         if self._finished.is_set():

@@ -39,8 +39,13 @@ class Worker(Protocol):
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         keep: bool,
+        reply: bool = True,
     ) -> Future[Any]:
-        """Start ``fn(*args, **kwargs)``; keep the result under ``key`` when ``keep``."""
+        """Start ``fn(*args, **kwargs)``; keep the result under ``key`` when ``keep``.
+
+        With ``reply=False`` the future's value is meaningless: only the outcome comes back and
+        the result stays on the worker (workers that can send it later have ``fetch(key)``).
+        """
         ...
 
     def cancel(self, key: str) -> None:
@@ -105,7 +110,8 @@ class ThreadWorker:
     """A worker inside this process: each task runs on its own thread.
 
     For tests and the in-process example; it has no network and shares the driver's memory, so
-    results are referenced directly.
+    results are referenced directly. It always replies with the result (``reply`` is ignored),
+    and keeps results run with ``keep`` until :meth:`release`, for :meth:`fetch`.
     """
 
     def __init__(self, name: str) -> None:
@@ -115,6 +121,7 @@ class ThreadWorker:
         self._threads: dict[str, int] = {}
         self._cancelled: set[str] = set()
         self._started: set[str] = set()
+        self._kept: dict[str, Any] = {}
         self.runs = 0
 
     @property
@@ -132,6 +139,7 @@ class ThreadWorker:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         keep: bool,
+        reply: bool = True,
     ) -> Future[Any]:
         future: Future[Any] = Future()
         self.runs += 1
@@ -152,6 +160,9 @@ class ThreadWorker:
             except BaseException as e:  # a task's BaseException must not kill the worker
                 future.set_exception(e)
             else:
+                if keep:
+                    with self._lock:
+                        self._kept[key] = result
                 future.set_result(result)
 
         threading.Thread(target=body, name=f"task-{key}", daemon=True).start()
@@ -171,8 +182,15 @@ class ThreadWorker:
     def reference(self, dep: Task, holder: Worker | None) -> Any:
         return dep.result()
 
+    def fetch(self, key: str) -> Any:
+        """The result kept under ``key``; KeyError when there is none."""
+        with self._lock:
+            return self._kept[key]
+
     def release(self, prefix: str) -> None:
-        pass
+        with self._lock:
+            for key in [k for k in self._kept if k.startswith(prefix)]:
+                del self._kept[key]
 
     def __repr__(self) -> str:
         return f"<ThreadWorker {self._name}>"

@@ -3,11 +3,17 @@
 Workers are real ``python -m bndl.worker`` processes on loopback, each with a free port and the
 cluster's fresh secret, spoken to over the same signed HTTP protocol as pods in Kubernetes. The
 cluster stops exactly the processes it started, by PID, also when the body of the ``with`` block
-raises.
+raises. On Linux the workers also die with the driver (``PR_SET_PDEATHSIG``), so a driver killed
+with SIGKILL leaves no workers behind.
+
+Each worker can say why it was lost (``loss_cause``: its exit code or the signal that killed
+it), which the scheduler puts in the error when a task keeps killing its workers.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import secrets
 import signal
@@ -15,7 +21,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -29,6 +35,51 @@ from bndl.worker.announce import parse_ready_line
 START_TIMEOUT = 60.0
 # Seconds a worker may take to exit after SIGTERM before it is killed.
 STOP_TIMEOUT = 5.0
+# Seconds ``loss_cause`` waits for a lost worker's process to exit.
+LOSS_CAUSE_WAIT = 1.0
+# prctl(2) option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def exit_cause(returncode: int | None) -> str | None:
+    """``"exit code 3"`` or ``"killed by signal 9 (SIGKILL)"`` for a Popen return code."""
+    if returncode is None:
+        return None
+    if returncode >= 0:
+        return f"exit code {returncode}"
+    number = -returncode
+    try:
+        name = signal.Signals(number).name
+    except ValueError:
+        return f"killed by signal {number}"
+    return f"killed by signal {number} ({name})"
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (Linux only).
+
+    The kernel's "parent" is the thread that forks: only a cluster started on the main thread
+    (``bndl run``, tests) gets it, lest workers die with a short-lived thread.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        prctl = libc.prctl
+    except (OSError, AttributeError):
+        return None
+
+    parent = os.getpid()
+
+    def preexec() -> None:
+        # Runs in the child between fork and exec: async-signal-safe calls only, no raising.
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the driver died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 class WorkerProcess:
@@ -45,6 +96,14 @@ class WorkerProcess:
     @property
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def loss_cause(self) -> str | None:
+        """Why the process is gone (waiting up to a second for it to exit); None if it runs."""
+        try:
+            self.process.wait(LOSS_CAUSE_WAIT)
+        except subprocess.TimeoutExpired:
+            return None
+        return exit_cause(self.process.returncode)
 
 
 class LocalCluster:
@@ -113,7 +172,10 @@ class LocalCluster:
         for index, process in enumerate(self._spawned):
             url, name = self._await_ready(index, process)
             client = WorkerClient(name, url, self.secret.encode(), self.loop.session, self.settings)
-            self.processes.append(WorkerProcess(process, HttpWorker(client, self.loop)))
+            worker_process = WorkerProcess(process, HttpWorker(client, self.loop))
+            # The scheduler asks a lost worker why (duck-typed: HttpWorker knows no processes).
+            setattr(worker_process.worker, "loss_cause", worker_process.loss_cause)  # noqa: B010
+            self.processes.append(worker_process)
         self.ctx = ExecutionContext(self, self.config)
         return self.ctx
 
@@ -141,7 +203,12 @@ class LocalCluster:
             *self.worker_args,
         ]
         return subprocess.Popen(
-            command, env=env, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True
+            command,
+            env=env,
+            stdout=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            preexec_fn=_die_with_parent(),
         )
 
     def _await_ready(self, index: int, process: subprocess.Popen[str]) -> tuple[str, str]:
