@@ -2,8 +2,8 @@
 
 A small simulator plays the workers. Whatever happens, the core must keep dependency order,
 emit each task at most once (exactly once when the job finishes), never exceed a worker's slots,
-never charge more attempts than allowed, never dispatch to a forbidden or dead worker, and
-always end.
+never charge more attempts or worker losses than allowed, never dispatch to a forbidden or dead
+worker, and always end.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from bndl.execute.core import (
     SchedulerCore,
     SchedulingError,
     TaskSpec,
+    WorkerKilledByTask,
 )
 
 
@@ -37,6 +38,7 @@ class Scenario:
     forbidden: dict[int, set[str]]
     preferred: dict[int, dict[str, float]]
     done_before: set[int]
+    max_worker_losses: int = 3
     choices: list[int] = field(default_factory=list)
 
 
@@ -63,6 +65,7 @@ def scenarios(draw: st.DrawFn) -> Scenario:
         forbidden=forbidden,
         preferred=preferred,
         done_before=done_before,
+        max_worker_losses=draw(st.integers(1, 3)),
         choices=draw(st.lists(st.integers(0, 1000), min_size=20, max_size=150)),
     )
 
@@ -82,6 +85,7 @@ class Simulator:
             attempts=sc.attempts,
             locality=locality,
             succeeded=sc.done_before,
+            max_worker_losses=sc.max_worker_losses,
         )
         self.live = set(sc.workers)
         self.running: dict[tuple[int, int], str] = {}
@@ -129,7 +133,10 @@ class Simulator:
             self.live.discard(worker)
             self.running = {k: w for k, w in self.running.items() if w != worker}
             # Its outputs are gone, but the core learns that only from DependenciesFailed.
-            self.apply(self.core.task_failed(task, run, ConnectionError(), FailureKind.LOST))
+            if choice % 3 == 0:  # removed on purpose by the driver: nothing is charged
+                self.apply(self.core.worker_lost(worker, charge=False))
+            else:
+                self.apply(self.core.task_failed(task, run, ConnectionError(), FailureKind.LOST))
             if self.end is None and choice % 2:
                 self.live.add(worker)
                 self.apply(self.core.worker_added(worker, self.locality_of(worker)))
@@ -190,10 +197,18 @@ def test_invariants_hold_under_random_events(sc: Scenario) -> None:
         if isinstance(sim.end, Failed) and isinstance(sim.end.error, ValueError):
             task = sim.end.error.args[0]
             assert sim.errors[task] == sc.attempts, "failed before the attempts were used up"
+        elif isinstance(sim.end, Failed) and isinstance(sim.end.error, WorkerKilledByTask):
+            error = sim.end.error
+            assert error.losses == sc.max_worker_losses == error.limit
+            assert sim.core.worker_losses(error.task) == error.workers
         elif isinstance(sim.end, Failed):
             assert isinstance(sim.end.error, SchedulingError)
     for t, e in enumerate(sim.errors):
         assert e <= sc.attempts, f"task {t} ran after its attempts were used up"
+        losses = len(sim.core.worker_losses(t))
+        assert losses <= sc.max_worker_losses, f"task {t} ran after its worker losses"
+        if isinstance(sim.end, Finished):
+            assert losses < sc.max_worker_losses
 
 
 @settings(max_examples=200, deadline=None)
