@@ -130,3 +130,33 @@ def _race(threads: TaskThreads) -> dict[str, int]:
         assert follow_up.wait() == (True, work())
     assert sum(outcomes.values()) == 500
     return outcomes
+
+
+def _profiled_call() -> str:
+    """Runs a little Python under a profile function, like a task thread under yappi."""
+    sys.setprofile(lambda *_: None)
+    try:
+        return "".join(str(i) for i in range(3))  # function entries: RESUME under tracing
+    finally:
+        sys.setprofile(None)
+
+
+def test_a_withdrawn_interrupt_leaves_no_pending_flag_behind() -> None:
+    # Issue 14: withdrawing with PyThreadState_SetAsyncExc(id, NULL) left CPython's "async
+    # exception pending" flag set, and the next profiled job on the thread spun forever.
+    threads = TaskThreads()
+    spinning = Probe(spin)
+    threads.submit(spinning)
+    assert spinning.started.wait(10)
+    assert threads.interrupt(spinning, TaskCancelled)
+    ok, error = spinning.wait()
+    assert not ok and isinstance(error, TaskCancelled)
+    deadline = time.monotonic() + 10
+    while threads.idle == 0:  # the same thread runs the next job
+        assert time.monotonic() < deadline
+        time.sleep(0.001)
+    profiled = Probe(_profiled_call)
+    threads.submit(profiled)
+    assert profiled.finished.wait(10), "the profiled job after a cancel hangs"
+    assert profiled.outcome == (True, "012")
+    assert profiled.thread == spinning.thread

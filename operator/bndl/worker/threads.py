@@ -8,6 +8,15 @@ has a thread of its own, and there is no limit on how many run (the scheduler ow
 Because threads are reused, an interrupt must never hit the wrong job: it is only injected while
 the target job is running on the thread (checked under the thread's lock), and an injected
 exception that has not fired by the time the job ends is withdrawn before the thread moves on.
+
+Withdrawing is subtle. ``PyThreadState_SetAsyncExc(ident, NULL)`` clears the pending exception but
+(on CPython up to 3.12) leaves the interpreter's "async exception pending" flag set: that flag is
+only cleared by a thread that finds an exception to raise, so after a NULL withdrawal it stays set
+for good. Every thread then takes the eval breaker's slow path at each call, and a thread with a
+profile or trace function (yappi, coverage, a debugger) spins forever at its next function entry
+(CPython 3.11 re-checks the breaker on ``RESUME`` without advancing). So a withdrawal here replaces
+whatever may be pending with a private marker exception and lets it fire, caught, in the thread
+itself: exactly one asynchronous exception is consumed and the flag is cleared.
 """
 
 from __future__ import annotations
@@ -24,8 +33,25 @@ log = logging.getLogger(__name__)
 _SET_ASYNC_EXC = ("PyThreadState_SetAsyncExc", ctypes.pythonapi)
 _raise_in = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.py_object)(_SET_ASYNC_EXC)
 """Schedule an exception to be raised in a thread the next time it runs Python bytecode."""
-_withdraw = ctypes.PYFUNCTYPE(ctypes.c_int, ctypes.c_ulong, ctypes.c_void_p)(_SET_ASYNC_EXC)
-"""With a NULL exception: clear the exception pending for a thread, if any."""
+
+
+class _Withdrawn(BaseException):
+    """Replaces an interrupt that did not fire by the end of its job; raised and caught at once."""
+
+
+def _withdraw_own() -> None:
+    """Drop an interrupt still pending for the calling thread, leaving no flag behind.
+
+    Must be called on the thread the interrupt was raised in, with no interrupt able to arrive
+    meanwhile (under the slot's lock). The marker replaces any pending exception; the loop runs
+    until it fires (at the next eval-breaker check, a backward jump at the latest).
+    """
+    try:
+        _raise_in(threading.get_ident(), _Withdrawn)
+        while True:
+            pass
+    except _Withdrawn:
+        pass
 
 
 class _Slot:
@@ -121,7 +147,7 @@ class TaskThreads:
                 slot.job = None
                 if slot.injected:
                     slot.injected = False
-                    _withdraw(slot.ident, None)  # withdraw an interrupt not yet raised
+                    _withdraw_own()  # an interrupt that has not fired must not reach the next job
         except BaseException as e:  # an interrupt that fired outside the job's own code
             with slot.lock:
                 slot.job = None
