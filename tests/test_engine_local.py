@@ -1,0 +1,138 @@
+"""The engine's worker-loss rules on real worker processes (LocalCluster): a task that kills its
+worker fails the job fast, naming the task and the exit codes; workers die with their driver."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from bndl.execute.core import WorkerKilledByTask
+from bndl.execute.job import Job, ResultOf, RmiTask
+from bndl.local import LocalCluster
+from bndl.local.cluster import exit_cause
+from tests.waiting import wait_until
+
+
+def kill_my_worker(code: int) -> None:
+    """Runs on a worker: end its process at once, as a segfault or the OOM killer would."""
+    os._exit(code)
+
+
+def test_a_task_that_kills_its_workers_fails_the_job_naming_it() -> None:
+    with LocalCluster(workers=4) as ctx:
+        job = Job(
+            ctx, [RmiTask(ctx, "poison", kill_my_worker, (3,)), RmiTask(ctx, "ok", abs, (-1,))]
+        )
+        start = time.monotonic()
+        with pytest.raises(WorkerKilledByTask) as info:
+            list(ctx.execute(job, attempts=3))
+        elapsed = time.monotonic() - start
+        error = info.value
+        assert error.task == "poison" and error.losses == 3 and error.limit == 3
+        assert len(set(error.workers)) == 3
+        assert error.causes == dict.fromkeys(error.workers, "exit code 3")
+        assert "task 'poison' was running on 3 workers that were lost" in str(error)
+        assert f"{error.workers[0]}: exit code 3" in str(error)
+        assert elapsed < 10, f"took {elapsed:.1f} s"
+        assert len(ctx.workers) == 1  # the fourth worker never ran it
+        counts = job.counts()
+        assert counts is not None and counts.worker_losses == 3 and counts.retried == 0
+
+
+def test_exit_causes_name_codes_and_signals() -> None:
+    assert exit_cause(None) is None
+    assert exit_cause(0) == "exit code 0"
+    assert exit_cause(-9) == "killed by signal 9 (SIGKILL)"
+    assert exit_cause(-200) == "killed by signal 200"
+
+
+def test_a_killed_worker_says_it_was_killed_by_a_signal() -> None:
+    cluster = LocalCluster(workers=1)
+    with cluster:
+        (process,) = cluster.processes
+        assert process.loss_cause() is None  # still running (after a one-second wait)
+        os.kill(process.pid, signal.SIGKILL)
+        assert getattr(process.worker, "loss_cause")() == "killed by signal 9 (SIGKILL)"  # noqa: B009
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys, time
+    from bndl.local import LocalCluster
+
+    with LocalCluster(workers=2) as ctx:
+        cluster = ctx._source
+        print(" ".join(str(p.pid) for p in cluster.processes), flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return status.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
+def test_workers_die_with_a_driver_killed_by_sigkill() -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        assert driver.stdout is not None
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        assert len(pids) == 2 and not any(gone(p) for p in pids)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        wait_until(lambda: all(gone(p) for p in pids), timeout=10, what="workers exited")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
+
+
+def plus_one(x: int) -> int:
+    return x + 1
+
+
+def test_intermediate_results_stay_on_workers_and_are_fetched_on_demand(tmp_path: Path) -> None:
+    from bndl.driver import HttpWorker
+
+    if not hasattr(HttpWorker, "fetch"):
+        pytest.skip("HttpWorker.fetch is not there yet")
+    go = str(tmp_path / "go")
+    with LocalCluster(workers=2) as ctx:
+        a = RmiTask(ctx, "a", abs, (-20,))
+        b = RmiTask(ctx, "b", plus_one, (ResultOf("a"),)).depends_on(a)
+        sink = RmiTask(ctx, "sink", wait_then_double, (go, ResultOf("b"))).depends_on(b)
+        a.reply = b.reply = False
+        results = ctx.execute(Job(ctx, [a, b, sink]), order_results=False)
+        assert next(results) is a
+        assert a.future is not None and a.future.result() != 20  # not sent to the driver
+        assert a.result() == 20  # fetched from its worker
+        assert next(results) is b and b.result() == 21
+        Path(go).touch()
+        assert next(results) is sink and sink.result() == 42
+
+
+def wait_then_double(go: str, x: int) -> int:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(go):
+        if time.monotonic() > deadline:
+            raise TimeoutError(go)
+        time.sleep(0.01)
+    return 2 * x
