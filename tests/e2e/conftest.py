@@ -89,6 +89,9 @@ def bndl_operator(
         "--worker-image-pull-policy=IfNotPresent",
         f"--liveness=http://127.0.0.1:{LIVENESS_PORT}/healthz",
         "--operator-cidr=198.18.0.0/16",  # the operator runs outside the pod network here
+        # Only the k8s_namespace fixture's namespaces: chart-installed operators of other tests
+        # run the jobs of their own namespaces.
+        "--namespace=t-*",
         "--log-level=INFO",
     ]
     record = start_process("bndl-operator", cmd, log, netns=k8s_cluster.netns, env=env)

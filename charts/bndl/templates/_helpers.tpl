@@ -81,6 +81,12 @@ Value combinations the schema cannot express. Each failure names the values to c
 {{- if ne (len .Values.watch.namespaces) (len (uniq .Values.watch.namespaces)) }}
 {{- fail (printf "watch.namespaces lists a namespace twice: %v" .Values.watch.namespaces) }}
 {{- end }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
+{{- fail "replicaCount > 1 requires leaderElection.enabled=true: replicas without a leader would run the same jobs twice" }}
+{{- end }}
+{{- if ge (int .Values.leaderElection.renewDeadlineSeconds) (int .Values.leaderElection.leaseDurationSeconds) }}
+{{- fail "leaderElection.renewDeadlineSeconds must be shorter than leaderElection.leaseDurationSeconds" }}
+{{- end }}
 {{- $psc := .Values.podSecurityContext }}
 {{- if or (eq (toString $psc.runAsNonRoot) "false") (eq (toString $psc.runAsUser) "0") }}
 {{- fail "podSecurityContext: the operator never runs as root (runAsNonRoot must stay true and runAsUser must not be 0)" }}

@@ -56,6 +56,14 @@ class BuildSettings:
     """Extra address blocks allowed to reach the workers (an operator outside the pod network)."""
     termination_grace_seconds: int = 10
     """Default terminationGracePeriodSeconds of worker pods."""
+    worker_resources: Mapping[str, Mapping[str, str]] = field(
+        default_factory=lambda: {
+            "requests": {"cpu": "100m", "memory": "256Mi"},
+            "limits": {"memory": "2Gi"},
+        }
+    )
+    """Resources of the worker container when the job's template gives none: never BestEffort
+    (the first pods a pressured node evicts), and a runaway task is an OOMKilled pod."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +312,8 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
             "failureThreshold": 3,
         },
     )
+    if not c.get("resources") and settings.worker_resources:
+        c["resources"] = copy.deepcopy({k: dict(v) for k, v in settings.worker_resources.items()})
     security = c.setdefault("securityContext", {})
     security.setdefault("allowPrivilegeEscalation", False)
     security.setdefault("readOnlyRootFilesystem", True)

@@ -1,8 +1,8 @@
 """The kopf handlers, kept thin: each hands its work to a :class:`~bndl.k8s.runner.JobRunner`.
 
 One daemon per BndlJob runs the job (level-triggered: it looks at the whole state on every
-wake-up); a low-level event handler wakes it when the object changes (``suspend``, deletion); a
-probe reports every runner's heartbeat so the liveness endpoint fails when a job's loop stalls.
+wake-up); a low-level event handler wakes it when the object changes (``suspend``, scaling,
+deletion); one shared pod watch (:mod:`bndl.k8s.podwatch`) feeds every job its worker pods.
 Handlers are registered on a registry of their own, so tests can build one per operator.
 """
 
@@ -18,39 +18,60 @@ import aiohttp
 import kopf
 
 from bndl.k8s.kube import Kube
-from bndl.k8s.runner import BEAT, JobRunner
+from bndl.k8s.podwatch import PodWatch
+from bndl.k8s.runner import BEAT, JobRunner, Shared
 from bndl.k8s.settings import OperatorSettings
+from bndl.k8s.workerpods import NodeLabels
 from bndl.manifest import GROUP, PLURAL, VERSION
 from bndl.wire import ClientSettings, create_session
 
 log = logging.getLogger(__name__)
 
 FINALIZER = "bndl.io/operator"
-# A runner whose loop has not turned for this long fails the liveness probe.
 STALL_SECONDS = 12 * BEAT
-# Event-loop lag (seconds) that fails the liveness probe.
+"""A runner whose loop has not turned for this long fails the liveness probe."""
 MAX_LAG = 30.0
+"""Event-loop lag (seconds) that fails the liveness probe."""
 
 
 class Operator:
     """The state shared by the handlers of one operator process."""
 
-    def __init__(self, settings: OperatorSettings) -> None:
+    def __init__(self, settings: OperatorSettings, kube: Kube | None = None) -> None:
         self.settings = settings
         self.runners: dict[str, JobRunner] = {}
-        self.kube: Kube | None = None
+        self.kube = kube
         self.session: aiohttp.ClientSession | None = None
+        self.shared: Shared | None = None
         self.lag = 0.0
+        self.role = "standby"
         self._monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self.kube = await Kube.connect()
-        self.session = create_session(ClientSettings())
-        self._monitor = asyncio.create_task(self._measure_lag(), name="bndl-loop-lag")
+        if self.kube is None:
+            self.kube = await Kube.connect()
+        if self._monitor is None:
+            self._monitor = asyncio.create_task(self._measure_lag(), name="bndl-loop-lag")
+
+    async def start_jobs(self) -> Shared:
+        """Everything the job runners need (called once leading)."""
+        await self.start()
+        assert self.kube is not None
+        if self.shared is None:
+            self.session = create_session(ClientSettings())
+            pods = PodWatch(self.kube, self.settings.namespaces)
+            pods.start()
+            self.shared = Shared(
+                self.kube, self.session, self.settings, pods, NodeLabels(self.kube)
+            )
+        self.role = "leader"
+        return self.shared
 
     async def stop(self) -> None:
         if self._monitor is not None:
             self._monitor.cancel()
+        if self.shared is not None:
+            await self.shared.pods.stop()
         if self.session is not None:
             await self.session.close()
         if self.kube is not None:
@@ -68,7 +89,7 @@ class Operator:
         stalled = [r.ref.name for r in self.runners.values() if now - r.beat > STALL_SECONDS]
         if stalled or self.lag > MAX_LAG:
             raise RuntimeError(f"stalled: jobs {stalled}, event loop lag {self.lag:.1f} s")
-        return {"jobs": len(self.runners), "loopLagSeconds": round(self.lag, 3)}
+        return {"role": self.role, "jobs": len(self.runners), "loopLagSeconds": round(self.lag, 3)}
 
     def registry(self) -> kopf.OperatorRegistry:
         registry = kopf.OperatorRegistry()
@@ -80,19 +101,11 @@ class Operator:
             settings.posting.level = logging.WARNING  # the runner posts its own events
             settings.networking.request_timeout = 30
             settings.networking.connect_timeout = 10
-            await self.start()
+            await self.start_jobs()
 
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
             return kopf.login_via_client(**kwargs)  # in-cluster, else the kubeconfig
-
-        @kopf.on.cleanup(registry=registry)
-        async def cleanup(**_: Any) -> None:
-            await self.stop()
-
-        @kopf.on.probe(id="schedulers", registry=registry)
-        def schedulers(**_: Any) -> dict[str, Any]:
-            return self.health()
 
         @kopf.daemon(
             *resource,
@@ -100,17 +113,15 @@ class Operator:
             registry=registry,
             errors=kopf.ErrorsMode.PERMANENT,
             # Deleted or exiting: first the stop flag (the runner cancels its tasks and reports
-            # Cancelled), only after cancellation_backoff seconds an asyncio cancellation.
+            # Cancelled, or detaches), only after cancellation_backoff seconds a cancellation.
             cancellation_backoff=30,
             cancellation_timeout=30,
         )
         async def run(body: kopf.Body, stopped: kopf.DaemonStopped, **_: Any) -> None:
-            assert self.kube is not None and self.session is not None
+            shared = await self.start_jobs()
             runner = JobRunner(
                 body,
-                self.kube.scoped(),
-                self.session,
-                self.settings,
+                shared,
                 is_stopped=lambda: bool(stopped),
                 deleted=lambda: bool(body.metadata.get("deletionTimestamp")),
             )

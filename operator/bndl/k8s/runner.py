@@ -1,13 +1,19 @@
-"""One BndlJob from creation to its end: the body of the kopf daemon that runs the job.
+"""One BndlJob from creation to its end: the life cycle, on top of the job's parts.
 
-The runner is level-triggered: it sleeps on one wake-up event (pods changed, the spec changed, the
-scheduler finished, the job was deleted) and then looks at the whole state again. Steps: plan the
-job (an invalid one fails with ``InvalidSpec``), create its children, wait for Ready worker pods
-(``WorkersNotReady`` with the stuck pods and why on timeout), run the engine's
-:class:`~bndl.execute.scheduler.Scheduler` on this event loop with one :class:`HttpWorker` per
-Ready pod, and write a coalesced status. Pods that stop being Ready are lost workers; pods that
-become Ready join. ``suspend`` cancels what runs, keeps the results the operator already holds and
-scales the workers to zero; resuming runs only what is left.
+The runner is level-triggered: it sleeps on one wake-up event (its pods changed, the spec changed,
+the scheduler finished, the job was deleted) and then looks at the whole state again. Its parts
+each own one concern: :class:`~bndl.k8s.children.Children` (the Secret, Service, NetworkPolicy and
+StatefulSet, reconciled to the spec), :class:`~bndl.k8s.workerpods.WorkerPods` (Ready pods as the
+scheduler's workers), :class:`~bndl.k8s.status_writer.StatusWriter` (the one writer of the
+status), :mod:`~bndl.k8s.resume` (what a restarted operator adopts) and
+:mod:`~bndl.k8s.events`. The steps: plan the job off the event loop (an invalid or oversized one
+fails with ``InvalidSpec``), reconcile its children, wait for Ready workers, adopt what the workers
+hold and run, run the engine's :class:`~bndl.execute.scheduler.Scheduler` on this event loop, and
+finish: cleanup per policy, then ``ttlSecondsAfterFinished``.
+
+When the operator stops (an upgrade, a restart, a lost leadership), the runner detaches: it neither
+cancels the runs nor writes a final phase, and the workers keep what they run for the next
+operator to adopt. Only a deleted job cancels its runs.
 """
 
 from __future__ import annotations
@@ -15,22 +21,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import CancelledError
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
 
-from bndl.driver import AttachedLoop, HttpWorker
+from bndl.driver import AttachedLoop
 from bndl.execute.core import SchedulingError
 from bndl.execute.job import Job, Task
-from bndl.execute.scheduler import Scheduler, root_exc
+from bndl.execute.scheduler import Adopted, Scheduler, WorkerKilledByTask, root_exc
 from bndl.jobs import build_job
 from bndl.k8s import builders
 from bndl.k8s.builders import JobRef
+from bndl.k8s.children import ChildConflict, Children
+from bndl.k8s.events import post_event
 from bndl.k8s.kube import Kube, KubeError, path
+from bndl.k8s.podwatch import PodWatch
+from bndl.k8s.resume import job_prefix, survey
+from bndl.k8s.retry import retrying
 from bndl.k8s.settings import OperatorSettings
 from bndl.k8s.status import (
     ConditionType,
@@ -39,25 +52,50 @@ from bndl.k8s.status import (
     Reason,
     diagnose_pods,
     parse_timestamp,
-    pod_ready,
     small_results,
+    termination_cause,
 )
+from bndl.k8s.status_writer import StatusWriter
+from bndl.k8s.workerpods import NodeLabels, WorkerPods
 from bndl.manifest import CleanupPolicy, JobPlan, ManifestError, plan_job
-from bndl.wire import WorkerClient
 
 log = logging.getLogger(__name__)
 
-# Longest sleep of the runner's loop: its heartbeat for the liveness probe.
 BEAT = 5.0
-# A retry storm: this many retried runs within STORM_WINDOW seconds make one summarised event.
+"""Longest sleep of the runner's loop: its heartbeat for the liveness probe."""
+RECONCILE_EVERY = 30.0
+"""Seconds between two reconciliations of the children while nothing else asks for one."""
 STORM_RETRIES = 10
 STORM_WINDOW = 60.0
-# Least seconds between two attempts to let a lost worker with a Ready pod join again.
-REJOIN_PAUSE = 2.0
+"""A retry storm: this many retried runs within STORM_WINDOW seconds make one summarised event."""
+CAUSE_WAIT = 10.0
+"""Seconds to wait for Kubernetes to say why the containers of a poison task's workers died."""
 
 
 class Stop(Exception):
     """The job was deleted, or the operator is exiting: leave at once."""
+
+
+class JobEnded(Exception):
+    """The job ends here with this phase, reason and message."""
+
+    def __init__(self, phase: Phase, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.reason = reason
+        self.message = message
+
+
+@dataclass
+class Shared:
+    """What all runners of one operator share."""
+
+    kube: Kube
+    session: aiohttp.ClientSession
+    settings: OperatorSettings
+    pods: PodWatch
+    nodes: NodeLabels
+    counters: dict[str, float] = field(default_factory=dict)
 
 
 class JobRunner:
@@ -66,43 +104,44 @@ class JobRunner:
     def __init__(
         self,
         body: Mapping[str, Any],
-        kube: Kube,
-        session: aiohttp.ClientSession,
-        settings: OperatorSettings,
+        shared: Shared,
         is_stopped: Callable[[], bool],
         deleted: Callable[[], bool],
     ) -> None:
         self.body = body
         self.ref = JobRef.of(body)
-        self.kube = kube
-        self.session = session
-        self.settings = settings
+        self.shared = shared
+        self.kube = shared.kube.scoped()
+        self.settings = shared.settings
         self._is_stopped = is_stopped
         self._deleted = deleted
         meta = body["metadata"]
         self.status = JobStatus.resume(body.get("status") or {}, int(meta.get("generation", 0)))
+        self.writer = StatusWriter(
+            self.kube, self.ref.namespace, self.ref.name, self._status_body,
+            self.settings.status_interval,
+        )  # fmt: skip
+        self.children = Children(self.kube, self.ref, self.settings.build)
+        self.incarnation = secrets.token_hex(4)
+        self.job_key = f"{job_prefix(self.ref.uid)}{self.incarnation}"
         self.wake = asyncio.Event()
         self.beat = time.monotonic()
         self.plan: JobPlan | None = None
         self.job: Job | None = None
         self.scheduler: Scheduler | None = None
-        self._run_no = 0
-        self._token = b""
-        self._pods: dict[str, dict[str, Any]] = {}
-        self._workers: dict[str, tuple[str, HttpWorker]] = {}  # pod name -> (uid, worker)
-        self._node_labels: dict[str, dict[str, str]] = {}
+        self.workers: WorkerPods | None = None
         self._loop: AttachedLoop | None = None
-        self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self._job_error: BaseException | None = None
         self._job_done = False
+        self._reconciled_at = 0.0
+        self._reconciled_generation = -1
         self._retries_seen = 0
-        self._seen_losses = (0, 0)
-        self._rejoined: dict[str, float] = {}
         self._storm_start = 0.0
         self._storm_retries = 0
+        self._api_trouble = False
         self.first_dispatch: float | None = None
-        self.ready_at: float | None = None
+        self.started_at = time.monotonic()
 
     # ------------------------------------------------------------------------------ helpers
 
@@ -113,6 +152,10 @@ class JobRunner:
     @property
     def suspended(self) -> bool:
         return bool(self.spec.get("suspend", False))
+
+    @property
+    def generation(self) -> int:
+        return int(self.body["metadata"].get("generation", 0))
 
     def poke(self) -> None:
         """Something changed: look again."""
@@ -136,313 +179,267 @@ class JobRunner:
         return datetime.now(UTC)
 
     async def event(self, reason: str, message: str, warning: bool = False) -> None:
-        """A Kubernetes Event on the BndlJob (best effort)."""
-        now = self.status_time()
-        obj = {
-            "apiVersion": "v1",
-            "kind": "Event",
-            "metadata": {"generateName": f"{self.ref.base}.", "namespace": self.ref.namespace},
-            "involvedObject": {
-                "apiVersion": "bndl.io/v1alpha1",
-                "kind": "BndlJob",
-                "name": self.ref.name,
-                "namespace": self.ref.namespace,
-                "uid": self.ref.uid,
-            },
-            "reason": reason,
-            "message": message[:1000],
-            "type": "Warning" if warning else "Normal",
-            "source": {"component": builders.MANAGER},
-            "reportingComponent": builders.MANAGER,
-            "firstTimestamp": now,
-            "lastTimestamp": now,
-            "count": 1,
-        }
-        try:
-            await self.kube.request("POST", path("Event", self.ref.namespace), body=obj)
-        except KubeError as e:
-            log.warning("%s: event %s not posted: %s", self.ref.name, reason, e)
+        await post_event(self.kube, self.ref, reason, message, warning=warning)
 
-    def status_time(self) -> str:
-        return self._now().strftime("%Y-%m-%dT%H:%M:%SZ")
+    def _spawn_event(self, reason: str, message: str, warning: bool = False) -> None:
+        self._tasks.append(asyncio.create_task(self.event(reason, message, warning)))
 
     # ------------------------------------------------------------------------------- status
 
-    def _refresh_counts(self) -> None:
+    def _status_body(self) -> dict[str, Any]:
+        self.status.generation = self.generation
         if self.scheduler is not None:
             self.status.counts = self.scheduler.counts()
-        self.status.set_workers(len(self._workers), self._desired())
+        ready = len(self.workers) if self.workers is not None else 0
+        self.status.set_workers(ready, self._desired())
+        return self.status.body()
 
     def _desired(self) -> int:
-        if self.plan is None:
-            return 0
-        return 0 if self.suspended else self.plan.workers.replicas
+        return 0 if self.suspended else self._replicas()
 
-    def mark_dirty(self) -> None:
-        self._dirty.set()
+    def _replicas(self) -> int:
+        workers = self.spec.get("workers") or {}
+        replicas = workers.get("replicas")
+        if isinstance(replicas, int):
+            return replicas
+        return self.plan.workers.replicas if self.plan is not None else 1
 
-    async def _status_writer(self) -> None:
-        """Patch the status when it changed, at most once per ``status_interval``."""
-        while True:
-            await self._dirty.wait()
-            self._dirty.clear()
-            await self.write_status()
-            await asyncio.sleep(self.settings.status_interval)  # the rate limit, not a wait
-
-    async def write_status(self) -> None:
-        self.status.generation = int(self.body["metadata"].get("generation", 0))
-        self._refresh_counts()
-        try:
-            await self.kube.patch(
-                path("BndlJob", self.ref.namespace, self.ref.name, "status"),
-                {"status": self.status.body()},
-            )
-        except KubeError as e:
-            if e.status == 404:
-                return  # deleted meanwhile
-            log.warning("%s: status not written: %s", self.ref.name, e)
-
-    async def set_phase(self, phase: Phase, reason: str, message: str, *, now: bool = True) -> None:
-        self.status.generation = int(self.body["metadata"].get("generation", 0))
-        self.status.set_phase(phase, reason, message, self._now())
-        if now:
-            await self.write_status()
-        else:
-            self.mark_dirty()
+    def set_phase(self, phase: Phase, reason: str, message: str) -> None:
+        if self.status.set_phase(phase, reason, message, self._now()):
+            self.writer.mark()
 
     # ----------------------------------------------------------------------------- the job
 
     async def run(self) -> None:
         """The whole life of the job; returns when it is over (or deleted, or on exit)."""
+        self.shared.pods.subscribe(self.ref.uid, self.poke)
         try:
             await self._run()
+        except JobEnded as e:
+            await self._finish(e.phase, e.reason, e.message)
         except Stop:
             await self._stopped()
         except asyncio.CancelledError:
-            self._abort()
+            self._detach()
             raise
         except Exception as e:  # a bug must fail this job, never the operator or other jobs
             log.exception("%s: the operator failed running the job", self.ref.name)
             self._abort()
             with contextlib.suppress(Exception):
-                await self.set_phase(
-                    Phase.FAILED, Reason.OPERATOR_ERROR, f"{type(e).__name__}: {e}"
-                )
+                await self._finish(Phase.FAILED, Reason.OPERATOR_ERROR, f"{type(e).__name__}: {e}")
         finally:
             for task in self._tasks:
                 task.cancel()
             self._tasks.clear()
+            await self.writer.stop()
+            self.shared.pods.unsubscribe(self.ref.uid)
 
     async def _run(self) -> None:
         if self.status.phase.finished:
             await self._after_finish()
             return
-        try:
-            self.plan = plan_job(self.body)
-            _check_for_kubernetes(self.plan)
-        except ManifestError as e:
-            self.status.condition(
-                ConditionType.ACCEPTED, False, Reason.INVALID_SPEC, str(e), self._now()
-            )
-            await self.set_phase(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {e}")
-            await self.event(Reason.INVALID_SPEC, str(e), warning=True)
-            await self._after_finish()
-            return
-        self.status.tasks_total = len(self.plan.tasks)
-        self.status.condition(
-            ConditionType.ACCEPTED,
-            True,
-            Reason.ACCEPTED,
-            f"{len(self.plan.tasks)} tasks",
-            self._now(),
-        )
-        self.job = build_job(None, self.plan)
-        await self._create_children()
-        self._loop = AttachedLoop(self.session)
-        self._tasks.append(asyncio.create_task(self._watch_pods(), name=f"pods-{self.ref.name}"))
-        self._tasks.append(
-            asyncio.create_task(self._status_writer(), name=f"status-{self.ref.name}")
-        )
+        self.writer.start()
+        self.plan = await self._plan()
+        if self.status.start_time is None:
+            self.status.restart_clock(self._now())
+        self.status.selector = ",".join(f"{k}={v}" for k, v in builders.selector(self.ref).items())
+        self.job = build_job(None, self.plan, results="sinks", keep_all=True)
+        self._restore_results()
+        await self._reconcile(force=True)
+        self._loop = AttachedLoop(self.shared.session)
+        self.workers = WorkerPods(
+            self.ref.name, self.plan.workers.port, self.shared.session, self._loop,
+            self.shared.nodes, lambda name: self.shared.pods.pod(self.ref.uid, name),
+        )  # fmt: skip
+        self.workers.token = self.children.token
         while True:
             self._check_stop()
-            if self._deadline_passed():
-                await self._finish(Phase.FAILED, Reason.DEADLINE_EXCEEDED, self._deadline_message())
-                return
+            await self._reconcile()
+            self._check_deadline()
             if self.suspended:
                 await self._suspend()
                 continue
             started = await self._await_workers()
-            if started is None:
-                continue
             if not started:
-                return
+                continue
             if await self._execute():
                 return
 
-    async def _create_children(self) -> None:
-        assert self.plan is not None
-        token = builders.new_token()
-        objs = builders.children(
-            self.ref, self.plan, self.settings.build, token, suspended=self.suspended
+    async def _plan(self) -> JobPlan:
+        """The plan, made off the event loop; an invalid or oversized job ends here."""
+        body = dict(self.body)
+        limit = self.settings.max_tasks
+        try:
+            plan = await asyncio.to_thread(plan_job, body, max_tasks=limit)
+            _check_for_kubernetes(plan)
+        except ManifestError as e:
+            self.status.condition(
+                ConditionType.ACCEPTED, False, Reason.INVALID_SPEC, str(e), self._now()
+            )
+            await self.event(Reason.INVALID_SPEC, str(e), warning=True)
+            raise JobEnded(Phase.FAILED, Reason.INVALID_SPEC, f"invalid spec: {e}") from e
+        self.status.tasks_total = len(plan.tasks)
+        self.status.condition(
+            ConditionType.ACCEPTED, True, Reason.ACCEPTED, f"{len(plan.tasks)} tasks", self._now()
         )
-        for obj in objs:
-            created = await self.kube.create(obj)
-            if obj["kind"] == "Secret":
-                self._token = builders.token_of(created)
-        await self.event("Created", f"created the workers' StatefulSet {self.ref.workers}")
+        self.writer.mark()
+        return plan
 
-    # ------------------------------------------------------------------------ worker pods
+    def _restore_results(self) -> None:
+        """Sink results an earlier incarnation wrote into the status are done: not run again."""
+        assert self.job is not None
+        results = self.status.results
+        if not results:
+            return
+        for task in self.job.tasks:
+            if not task.dependents and str(task.id) in results:
+                task.mark_done(results[str(task.id)])
 
-    async def _watch_pods(self) -> None:
-        """Keep ``_pods`` equal to the job's pods (list, then watch; relist when it breaks)."""
-        url = path("Pod", self.ref.namespace)
-        params = {
-            "labelSelector": ",".join(f"{k}={v}" for k, v in builders.selector(self.ref).items())
-        }
-        delay = 0.5
-        while True:
-            try:
-                listing = await self.kube.get(url, params)
-                self._pods = {p["metadata"]["name"]: p for p in listing.get("items", [])}
-                await self._sync_workers()
-                version = listing["metadata"]["resourceVersion"]
-                while True:
-                    async for kind, obj in self.kube.watch(url, params, version):
-                        if kind == "ERROR":
-                            raise KubeError(int(obj.get("code", 0)), str(obj.get("message")))
-                        version = obj["metadata"].get("resourceVersion", version)
-                        if kind == "BOOKMARK":
-                            continue
-                        name = obj["metadata"]["name"]
-                        if kind == "DELETED":
-                            self._pods.pop(name, None)
-                        else:
-                            self._pods[name] = obj
-                        await self._sync_workers()
-                    delay = 0.5
-            except KubeError as e:
-                log.debug("%s: pod watch restarts: %s", self.ref.name, e)
-                await asyncio.sleep(delay)  # back off before listing again
-                delay = min(delay * 2, 10.0)
+    # --------------------------------------------------------------------- reconciliation
+
+    async def _reconcile(self, force: bool = False) -> None:
+        """Bring the children to the spec: at the start, when the spec changed, and every
+        RECONCILE_EVERY seconds (level-triggered: a deleted Service comes back)."""
+        assert self.plan is not None
+        due = time.monotonic() - self._reconciled_at > RECONCILE_EVERY
+        if not (force or due or self.generation != self._reconciled_generation):
+            return
+        generation = self.generation
+        try:
+            changes = await retrying(
+                lambda: self.children.reconcile(self.plan, self._desired()),  # type: ignore[arg-type]
+                f"{self.ref.name}: reconcile",
+                on_transient=self._transient,
+            )
+        except ChildConflict as e:
+            raise JobEnded(Phase.FAILED, Reason.CHILD_CONFLICT, str(e)) from e
+        except KubeError as e:
+            raise JobEnded(
+                Phase.FAILED, Reason.API_ERROR, f"the API server refused a child of the job: {e}"
+            ) from e
+        self._reconciled_at = time.monotonic()
+        self._reconciled_generation = generation
+        if self.workers is not None:
+            self.workers.token = self.children.token
+        if self._api_trouble:
+            self._api_trouble = False
+            self.status.condition(
+                ConditionType.RECONCILED, True, Reason.RECONCILED, "the API server answers",
+                self._now(),
+            )  # fmt: skip
+            self.writer.mark()
+        if changes:
+            log.info("%s: %s", self.ref.name, "; ".join(changes))
+            if len(changes) < 4:  # a first pass creates every child: one event says so below
+                await self.event(Reason.RECONCILED, "; ".join(changes))
+            else:
+                await self.event("Created", f"created the workers' StatefulSet {self.ref.workers}")
+
+    async def _transient(self, error: KubeError) -> None:
+        if not self._api_trouble:
+            self._api_trouble = True
+            message = f"retrying a transient API error: {error}"
+            self.status.condition(
+                ConditionType.RECONCILED, False, Reason.TRANSIENT_API_ERROR, message, self._now()
+            )
+            self.writer.mark()
+            self._spawn_event(Reason.TRANSIENT_API_ERROR, message, warning=True)
+        self.beat = time.monotonic()
+        self._check_stop()
+
+    # ----------------------------------------------------------------------------- workers
 
     async def _sync_workers(self) -> None:
-        """Make the workers match the Ready pods: lose the gone, add the new (with node labels)."""
-        ready = {n: p for n, p in self._pods.items() if pod_ready(p)}
-        for name, (uid, worker) in list(self._workers.items()):
-            pod = ready.get(name)
-            if pod is None or pod["metadata"]["uid"] != uid:
-                del self._workers[name]
-                worker.disconnect("its pod is gone or not Ready")
-                if self.scheduler is not None and self.job is not None:
-                    held = sum(
-                        1
-                        for t in self.job.tasks
-                        if t.succeeded and getattr(self.scheduler.holder_of(t), "name", "") == name
-                    )
-                    self.scheduler.lose_worker(name)
-                    log.info("%s: worker %s lost, holding %d results", self.ref.name, name, held)
-        for name, pod in ready.items():
-            if name in self._workers:
-                continue
-            labels = await self._labels_of(pod.get("spec", {}).get("nodeName"))
-            if name in self._workers or not pod_ready(self._pods.get(name, {})):
-                continue  # changed while the node was read
-            worker = self._worker(pod, labels)
-            self._workers[name] = (pod["metadata"]["uid"], worker)
-            self.ready_at = time.monotonic()  # the latest worker to join (dispatch latency)
-            if self.scheduler is not None:
-                self.scheduler.add_worker(worker)
-                log.info("%s: worker %s joined", self.ref.name, name)
-        self.mark_dirty()
-        self.poke()
+        assert self.workers is not None
+        pods = self.shared.pods.pods(self.ref.uid)
+        if await self.workers.sync(pods, self.scheduler):
+            self.writer.mark()
 
-    def _worker(self, pod: Mapping[str, Any], labels: Mapping[str, str]) -> HttpWorker:
-        assert self.plan is not None and self._loop is not None
-        name = pod["metadata"]["name"]
-        url = f"http://{pod['status']['podIP']}:{self.plan.workers.port}"
-        client = WorkerClient(name, url, self._token, self.session)
-        return HttpWorker(client, self._loop, labels)
-
-    async def _labels_of(self, node: str | None) -> dict[str, str]:
-        if not node:
-            return {}
-        if node not in self._node_labels:
-            try:
-                obj = await self.kube.get(path("Node", name=node))
-            except KubeError as e:
-                log.warning("%s: labels of node %s unknown: %s", self.ref.name, node, e)
-                return {}
-            self._node_labels[node] = dict(obj["metadata"].get("labels") or {})
-        return self._node_labels[node]
-
-    async def _scale(self, replicas: int) -> None:
-        url = path("StatefulSet", self.ref.namespace, self.ref.workers)
-        await self.kube.patch(url, {"spec": {"replicas": replicas}})
-
-    # -------------------------------------------------------------------------- waiting
-
-    async def _await_workers(self) -> bool | None:
-        """True: enough workers; False: the job failed; None: suspended meanwhile."""
-        assert self.plan is not None
+    async def _await_workers(self) -> bool:
+        """True: enough workers to start; False: suspended meanwhile (or the deadline passed)."""
+        assert self.plan is not None and self.workers is not None
         wait = self.plan.await_workers
-        count = wait.count or self.plan.workers.replicas
+        count = min(wait.count or self._replicas(), self._replicas()) or 1
         minimum = wait.minimum or count
-        if len(self._workers) < count:
-            await self.set_phase(
-                Phase.AWAITING_WORKERS,
-                Reason.AWAITING_WORKERS,
-                f"waiting for {count} Ready worker pods",
-            )
+        await self._sync_workers()
+        if len(self.workers) < count:
+            message = f"waiting for {count} Ready worker pods"
+            self.set_phase(Phase.AWAITING_WORKERS, Reason.AWAITING_WORKERS, message)
             self.status.condition(
-                ConditionType.WORKERS_READY, False, Reason.AWAITING_WORKERS, "", self._now()
+                ConditionType.WORKERS_READY, False, Reason.AWAITING_WORKERS, message, self._now()
             )
         deadline = time.monotonic() + wait.connect_timeout
-        while len(self._workers) < count:
+        seen, stable_since = len(self.workers), time.monotonic()
+        while len(self.workers) < count:
             if self.suspended:
-                return None
-            if self._deadline_passed():
-                return None
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if len(self._workers) >= minimum:
+                return False
+            self._check_deadline()
+            await self._reconcile()
+            now = time.monotonic()
+            if len(self.workers) != seen:
+                seen, stable_since = len(self.workers), now
+            enough = len(self.workers) >= minimum
+            if enough and minimum < count and now - stable_since >= wait.stable_timeout:
+                await self.event(
+                    Reason.PARTIAL_START,
+                    f"starting with {len(self.workers)} of {count} workers: their number was "
+                    f"stable for {wait.stable_timeout:g} s",
+                )
+                break
+            if now >= deadline:
+                if enough:
                     await self.event(
                         Reason.PARTIAL_START,
-                        f"starting with {len(self._workers)} of {count} workers",
+                        f"starting with {len(self.workers)} of {count} workers",
                     )
                     break
-                stuck = diagnose_pods(list(self._pods.values()), self.plan.workers.replicas)
+                stuck = diagnose_pods(
+                    list(self.shared.pods.pods(self.ref.uid).values()), self._replicas()
+                )
                 message = (
-                    f"{len(self._workers)} of {count} worker pods Ready after "
+                    f"{len(self.workers)} of {count} worker pods Ready after "
                     f"{wait.connect_timeout:g} s: {stuck}"
                 )
                 self.status.condition(
-                    ConditionType.WORKERS_READY,
-                    False,
-                    Reason.WORKERS_NOT_READY,
-                    message,
+                    ConditionType.WORKERS_READY, False, Reason.WORKERS_NOT_READY, message,
                     self._now(),
-                )
-                await self._finish(Phase.FAILED, Reason.WORKERS_NOT_READY, message)
-                return False
-            await self._sleep(left)
+                )  # fmt: skip
+                raise JobEnded(Phase.FAILED, Reason.WORKERS_NOT_READY, message)
+            await self._sleep(min(deadline - now, max(0.5, wait.stable_timeout)))
+            await self._sync_workers()
         self.status.condition(
-            ConditionType.WORKERS_READY,
-            True,
-            Reason.WORKERS_READY,
-            f"{len(self._workers)} worker pods Ready",
-            self._now(),
-        )
+            ConditionType.WORKERS_READY, True, Reason.WORKERS_READY,
+            f"{len(self.workers)} worker pods Ready", self._now(),
+        )  # fmt: skip
         return True
 
     # ------------------------------------------------------------------------- execution
 
+    async def _adopt(self) -> dict[Hashable, Adopted]:
+        """What the workers hold and run of this job (from earlier operator incarnations)."""
+        assert self.job is not None and self.workers is not None
+        todo = [str(t.id) for t in self.job.tasks if not t.succeeded]
+        found = await survey(self.workers.all(), job_prefix(self.ref.uid), todo)
+        adopted: dict[Hashable, Adopted] = {
+            t: Adopted(f.worker, f.key, f.running) for t, f in found.items()
+        }
+        if adopted:
+            running = sum(1 for a in adopted.values() if a.running)
+            message = (
+                f"adopted {len(adopted) - running} results held on the workers and {running} "
+                "runs in flight from an earlier operator"
+            )
+            log.info("%s: %s", self.ref.name, message)
+            self._spawn_event(Reason.ADOPTED, message)
+        return adopted
+
     async def _execute(self) -> bool:
         """Run the scheduler until the job ends (True) or is suspended (False)."""
-        assert self.plan is not None and self.job is not None
-        self._run_no += 1
+        assert self.plan is not None and self.job is not None and self.workers is not None
         self._job_error = None
         self._job_done = False
-        workers = [w for _, w in self._workers.values()]
+        adopted = await self._adopt()
+        workers = self.workers.all()
         self.scheduler = Scheduler(
             self.job.tasks,
             self._on_done,
@@ -450,43 +447,37 @@ class JobRunner:
             self.plan.concurrency,
             self.plan.attempts,
             wait_for_workers=True,
-            job_key=f"{self.ref.uid[:8]}-{self._run_no}",
+            job_key=self.job_key,
+            max_worker_losses=self.plan.max_worker_losses,
+            adopted=adopted,
         )
         self.job.counter = self.scheduler.counts
-        todo = self.scheduler.counts().total - self.scheduler.counts().succeeded
+        counts = self.scheduler.counts()
         # Dispatch first, report after: the status and event writes are not on the way.
         self.scheduler.start()
-        if self.first_dispatch is None and self.ready_at is not None:
-            self.first_dispatch = time.monotonic()
-            created = parse_timestamp(self.body["metadata"]["creationTimestamp"])
-            log.info(
-                "%s: first dispatch %.1f ms after the last worker was seen Ready, %.1f s after "
-                "the job was created",
-                self.ref.name,
-                (self.first_dispatch - self.ready_at) * 1000,
-                (self._now() - created).total_seconds(),
-            )
-        self.status.counts = self.scheduler.counts()
-        resumed = self._run_no > 1
-        await self.set_phase(
+        self._log_first_dispatch()
+        resumed = bool(adopted) or self.status.reason == Reason.RESUMED
+        self.set_phase(
             Phase.RUNNING,
             Reason.RESUMED if resumed else Reason.DISPATCHING,
             f"running {len(self.job.tasks)} tasks on {len(workers)} workers",
         )
-        await self.event(
+        self._spawn_event(
             Reason.RESUMED if resumed else "Started",
-            f"dispatching {todo} tasks to {len(workers)} workers",
+            f"dispatching {counts.total - counts.succeeded} tasks to {len(workers)} workers",
         )
         while not self._job_done:
             await self._sleep(self._deadline_left())
+            await self._sync_workers()
+            self.workers.rejoin(self.scheduler)
             self._check_storm()
-            self._rejoin_workers()
+            self.writer.mark()
             if self._job_done:
                 break
+            await self._reconcile()
             if self._deadline_passed():
                 self._abort()
-                await self._finish(Phase.FAILED, Reason.DEADLINE_EXCEEDED, self._deadline_message())
-                return True
+                raise JobEnded(Phase.FAILED, Reason.DEADLINE_EXCEEDED, self._deadline_message())
             if self.suspended:
                 self._abort()
                 self.job = _carry_over(self.plan, self.job)
@@ -495,6 +486,20 @@ class JobRunner:
         await self._job_finished()
         return True
 
+    def _log_first_dispatch(self) -> None:
+        assert self.workers is not None
+        if self.first_dispatch is not None or self.workers.ready_at is None:
+            return
+        self.first_dispatch = time.monotonic()
+        created = parse_timestamp(self.body["metadata"]["creationTimestamp"])
+        log.info(
+            "%s: first dispatch %.1f ms after the last worker was seen Ready, %.1f s after the "
+            "job was created",
+            self.ref.name,
+            (self.first_dispatch - self.workers.ready_at) * 1000,
+            (self._now() - created).total_seconds(),
+        )
+
     def _on_done(self, item: Any) -> None:
         """The scheduler's consumer: a succeeded task, then an error (if any), then None."""
         if isinstance(item, BaseException):
@@ -502,30 +507,7 @@ class JobRunner:
         elif item is None:
             self._job_done = True
             self.poke()
-        self.mark_dirty()
-
-    def _rejoin_workers(self) -> None:
-        """Workers whose pods are Ready but whom the scheduler lost (a connection failed) join
-        again, with a fresh client; at most once per turn of the loop."""
-        if self.scheduler is None:
-            return
-        c = self.scheduler.counts()
-        if (c.lost_runs, c.recomputed) != self._seen_losses:
-            self._seen_losses = (c.lost_runs, c.recomputed)
-            log.info("%s: %d lost runs, %d recomputed so far", self.ref.name, *self._seen_losses)
-        live = {w.name for w in self.scheduler.workers}
-        now = time.monotonic()
-        for name, (uid, old) in list(self._workers.items()):
-            if name not in live and now - self._rejoined.get(name, 0.0) > REJOIN_PAUSE:
-                self._rejoined[name] = now
-                pod = self._pods.get(name)
-                if pod is None:
-                    continue
-                labels = old.labels
-                worker = self._worker(pod, labels)
-                self._workers[name] = (uid, worker)
-                self.scheduler.add_worker(worker)
-                log.info("%s: worker %s rejoined after a lost connection", self.ref.name, name)
+        self.writer.mark()
 
     def _check_storm(self) -> None:
         if self.scheduler is None:
@@ -541,118 +523,153 @@ class JobRunner:
         before = self._storm_retries
         self._storm_retries += new
         if before < STORM_RETRIES <= self._storm_retries:
-            self._tasks.append(
-                asyncio.create_task(
-                    self.event(
-                        "RetryStorm",
-                        f"{self._storm_retries} task runs failed and were retried in the last "
-                        f"{STORM_WINDOW:g} s ({retried} in all); see the workers' logs",
-                        warning=True,
-                    )
-                )
+            self._spawn_event(
+                "RetryStorm",
+                f"{self._storm_retries} task runs failed and were retried in the last "
+                f"{STORM_WINDOW:g} s ({retried} in all); see the workers' logs",
+                warning=True,
             )
 
     def _abort(self) -> None:
+        """Cancel what runs (the job ends, is suspended or deleted)."""
         if self.scheduler is not None and not self.scheduler.finished:
             self.scheduler.abort(CancelledError("the job was stopped"))
 
+    def _detach(self) -> None:
+        """The operator goes away: leave the runs to the workers (the next operator adopts
+        them) and write nothing more."""
+        self._job_done = True
+        self.scheduler = None
+
     async def _job_finished(self) -> None:
-        assert self.job is not None and self.plan is not None
-        self._collect_results()
-        self._refresh_counts()
+        assert self.job is not None
+        await self._collect_results()
         error = self._job_error
         if error is None:
-            c = self.status.counts
-            await self._finish(
-                Phase.SUCCEEDED,
-                Reason.SUCCEEDED,
-                f"{len(self.job.tasks)} tasks succeeded"
-                + (f" ({c.retried} retried, {c.recomputed} recomputed)" if c else ""),
+            c = self.scheduler.counts() if self.scheduler is not None else None
+            detail = f" ({c.retried} retried, {c.recomputed} recomputed)" if c else ""
+            raise JobEnded(
+                Phase.SUCCEEDED, Reason.SUCCEEDED, f"{len(self.job.tasks)} tasks succeeded{detail}"
             )
-            return
         root = root_exc(error)
+        if isinstance(root, WorkerKilledByTask):
+            self.status.failed_tasks = 1
+            raise JobEnded(Phase.FAILED, Reason.WORKER_KILLED_BY_TASK, await self._poison(root))
         if isinstance(root, SchedulingError):
-            await self._finish(Phase.FAILED, Reason.SCHEDULING_FAILED, str(root))
-            return
+            raise JobEnded(Phase.FAILED, Reason.SCHEDULING_FAILED, str(root))
         failed = next((t for t in self.job.tasks if t.failed and _error_of(t) is error), None)
         if failed is None:
             failed = next((t for t in self.job.tasks if t.failed), None)
         self.status.failed_tasks = 1
         where = f"task {failed.id!r}" if failed is not None else "a task"
-        await self._finish(
+        raise JobEnded(
             Phase.FAILED, Reason.TASK_FAILED, f"{where} failed: {type(root).__name__}: {root}"
         )
 
-    def _collect_results(self) -> None:
+    async def _poison(self, error: WorkerKilledByTask) -> str:
+        """The message for a task that killed its workers, with what Kubernetes knows of why
+        their containers died (it may take the kubelet a moment to report it)."""
+        names = list(dict.fromkeys(error.workers))
+        deadline = time.monotonic() + CAUSE_WAIT
+        causes: dict[str, str] = {}
+        while True:
+            for name in names:
+                pod = self.shared.pods.pod(self.ref.uid, name)
+                cause = termination_cause(pod) if pod is not None else None
+                if cause:
+                    causes[name] = cause
+            if len(causes) == len(names) or time.monotonic() > deadline:
+                break
+            await self._sleep(1.0)
+        known = "; ".join(f"{n}: {c}" for n, c in causes.items())
+        limit = error.losses
+        return (
+            f"task {error.task!r} was running on {limit} workers that were lost "
+            f"({', '.join(error.workers)}); it probably kills its worker (a crash, os._exit, or "
+            "running out of memory: raise the workers' memory limit in spec.workers.template)"
+            + (f". Kubernetes says: {known}" if known else "")
+        )
+
+    async def _collect_results(self) -> None:
+        """The sinks' results (the only ones that came back) into the status, size-capped."""
         assert self.job is not None
-        done = [(str(t.id), t.result()) for t in self.job.tasks if t.succeeded]
-        sinks = [str(t.id) for t in self.job.tasks if not t.dependents]
-        self.status.results, self.status.results_omitted = small_results(done, sinks)
+        sinks = [t for t in self.job.tasks if not t.dependents and t.succeeded]
+        done: list[tuple[str, Any]] = []
+        for task in sinks:
+            try:
+                value = await asyncio.to_thread(task.result)  # adopted ones are fetched
+            except Exception as e:
+                log.warning("%s: result of %s not read: %s", self.ref.name, task.id, e)
+                continue
+            done.append((str(task.id), value))
+        self.status.results, self.status.results_omitted = small_results(
+            done, [str(t.id) for t in sinks]
+        )
 
     # ----------------------------------------------------------------------- suspension
 
     async def _suspend(self) -> None:
-        await self._scale(0)
         self.status.condition(
             ConditionType.WORKERS_READY, False, Reason.SUSPENDED, "suspended", self._now()
         )
-        await self.set_phase(Phase.SUSPENDED, Reason.SUSPENDED, "suspended: workers scaled to 0")
+        self.set_phase(Phase.SUSPENDED, Reason.SUSPENDED, "suspended: workers scaled to 0")
+        await self._reconcile(force=True)
         await self.event(
             Reason.SUSPENDED, "suspended: running tasks cancelled, workers scaled to 0"
         )
         while self.suspended:
             await self._sleep(None)
-        assert self.plan is not None
-        await self._scale(self.plan.workers.replicas)
-        await self.event(Reason.RESUMED, f"resumed: scaling to {self.plan.workers.replicas}")
+            await self._sync_workers()
+        self.status.restart_clock(self._now())
+        self.status.reason = Reason.RESUMED
+        await self._reconcile(force=True)
+        await self.event(Reason.RESUMED, f"resumed: scaling to {self._replicas()}")
 
     # ----------------------------------------------------------------------------- endings
 
-    def _deadline(self) -> datetime | None:
-        seconds = self.spec.get("activeDeadlineSeconds")
-        created = self.body["metadata"].get("creationTimestamp")
-        if not seconds or not created:
-            return None
-        return parse_timestamp(created) + timedelta(seconds=int(seconds))
-
     def _deadline_left(self) -> float | None:
-        deadline = self._deadline()
-        return None if deadline is None else (deadline - self._now()).total_seconds()
+        seconds = self.spec.get("activeDeadlineSeconds")
+        started = self.status.start_time
+        if not seconds or not started:
+            return None
+        end = parse_timestamp(started) + timedelta(seconds=int(seconds))
+        return (end - self._now()).total_seconds()
 
     def _deadline_passed(self) -> bool:
         left = self._deadline_left()
         return left is not None and left <= 0
 
+    def _check_deadline(self) -> None:
+        if self._deadline_passed():
+            raise JobEnded(Phase.FAILED, Reason.DEADLINE_EXCEEDED, self._deadline_message())
+
     def _deadline_message(self) -> str:
         limit = self.spec.get("activeDeadlineSeconds")
-        return f"the job ran longer than activeDeadlineSeconds ({limit})"
+        return f"the job ran longer than activeDeadlineSeconds ({limit}), suspended time excluded"
 
     async def _finish(self, phase: Phase, reason: str, message: str) -> None:
-        self._refresh_counts()
-        await self.set_phase(phase, reason, message)
+        self._abort()
+        self.set_phase(phase, reason, message)
+        self.writer.start()
+        await self.writer.flush()  # through API outages: the ending is never lost
         await self.event(reason, message, warning=phase is not Phase.SUCCEEDED)
+        elapsed = time.monotonic() - self.started_at
         log.info(
-            "%s: %s (%s) after %d API writes: %s",
-            self.ref.name,
-            phase,
-            reason,
-            self.kube.writes,
-            message,
-        )
+            "%s: %s (%s) after %d API writes (%d status writes in %.1f s): %s",
+            self.ref.name, phase, reason, self.kube.writes, self.writer.writes, elapsed, message,
+        )  # fmt: skip
         await self._after_finish()
 
     async def _after_finish(self) -> None:
         """Clean up per the policy, then wait out ttlSecondsAfterFinished and delete the job."""
-        for task in self._tasks:
-            task.cancel()
-        self._tasks.clear()
-        self._workers.clear()
+        if self.workers is not None:
+            self.workers.disconnect_all("the job finished")
         policy = CleanupPolicy(self.spec.get("cleanupPolicy", CleanupPolicy.DELETE_WORKERS))
         if policy is CleanupPolicy.DELETE_WORKERS or (
             policy is CleanupPolicy.DELETE_WORKERS_ON_SUCCESS
             and self.status.phase is Phase.SUCCEEDED
         ):
-            await self._delete_children()
+            await self.children.delete()
         ttl = self.spec.get("ttlSecondsAfterFinished")
         if ttl is None:
             return
@@ -663,27 +680,20 @@ class JobRunner:
         with contextlib.suppress(KubeError):
             await self.kube.delete(path("BndlJob", self.ref.namespace, self.ref.name))
 
-    async def _delete_children(self) -> None:
-        ns = self.ref.namespace
-        for kind, name in (
-            ("StatefulSet", self.ref.workers),
-            ("NetworkPolicy", self.ref.workers),
-            ("Service", self.ref.workers),
-            ("Secret", self.ref.secret),
-        ):
-            try:
-                await self.kube.delete(path(kind, ns, name))
-            except KubeError as e:
-                log.warning("%s: %s %s not deleted: %s", self.ref.name, kind, name, e)
-
     async def _stopped(self) -> None:
-        """Deleted (or the operator exits): cancel what runs; a deleted job says Cancelled."""
+        """Deleted: cancel what runs and say Cancelled. The operator exiting: detach."""
+        if not self._deleted():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.flush(), 5.0)  # progress, phase unchanged
+            self._detach()
+            return
         running = self.scheduler.counts().running if self.scheduler is not None else 0
         self._abort()
-        if self._deleted() and not self.status.phase.finished:
+        if not self.status.phase.finished:
             message = f"the job was deleted; {running} running tasks were cancelled"
-            self._refresh_counts()
-            await self.set_phase(Phase.CANCELLED, "Deleted", message)
+            self.set_phase(Phase.CANCELLED, Reason.DELETED, message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.writer.flush(), 10.0)
             await self.event("Cancelled", message)
 
 
@@ -702,11 +712,17 @@ def _error_of(task: Task) -> BaseException | None:
 
 
 def _carry_over(plan: JobPlan, old: Job) -> Job:
-    """A fresh job for ``plan`` in which what succeeded in ``old`` is done, with its results."""
-    new = build_job(None, plan)
-    results = {t.id: t for t in old.tasks if t.succeeded}
+    """A fresh job for ``plan`` in which the sinks that succeeded in ``old`` are done, with
+    their results (which came back to the operator; other results stayed on the workers, which a
+    suspension scales away)."""
+    new = build_job(None, plan, results="sinks", keep_all=True)
+    results = {t.id: t for t in old.tasks if t.succeeded and not t.dependents}
     for task in new.tasks:
         done = results.get(task.id)
-        if done is not None:
-            task.mark_done(done.result())
+        if done is not None and not task.dependents:
+            try:
+                value = done.result()
+            except Exception:  # a result left on a worker (adopted): it runs again
+                continue
+            task.mark_done(value)
     return new

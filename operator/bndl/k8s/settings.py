@@ -7,12 +7,17 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from bndl.k8s.builders import DEFAULT_WORKER_IMAGE, BuildSettings
+from bndl.k8s.leader import LeaseSettings
 
 DEFAULT_LIVENESS = "http://0.0.0.0:8080/healthz"
+DEFAULT_MAX_TASKS = 200_000
+"""Largest job (in tasks, after fan-out) an operator runs: see the chart's README for the memory
+it takes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +35,10 @@ class OperatorSettings:
     build: BuildSettings = field(default_factory=BuildSettings)
     """What goes into every job's worker objects."""
     log_level: str = "INFO"
+    max_tasks: int = DEFAULT_MAX_TASKS
+    """Largest job accepted, in tasks after fan-out; larger ones fail with InvalidSpec."""
+    lease: LeaseSettings | None = None
+    """Leader election (several replicas, one runs the jobs); None: run the jobs at once."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str = "") -> str:
@@ -118,7 +127,72 @@ def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
         default=_env(environ, "BNDL_LOG_LEVEL", "INFO"),
         help="logging level (env BNDL_LOG_LEVEL)",
     )
+    p.add_argument(
+        "--max-tasks",
+        type=int,
+        default=int(_env(environ, "BNDL_MAX_TASKS", str(DEFAULT_MAX_TASKS))),
+        help="largest job in tasks (after forEach); larger jobs fail with InvalidSpec before "
+        "anything is created (env BNDL_MAX_TASKS)",
+    )
+    p.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=_env(environ, "BNDL_LEADER_ELECTION", "false").lower() in ("1", "true", "yes"),
+        help="run jobs only while holding a coordination.k8s.io Lease in the operator's "
+        "namespace, so that replicas can stand by (env BNDL_LEADER_ELECTION)",
+    )
+    p.add_argument(
+        "--lease-name",
+        default=_env(environ, "BNDL_LEASE_NAME", "bndl-operator-leader"),
+        help="name of the leader-election Lease (env BNDL_LEASE_NAME)",
+    )
+    p.add_argument(
+        "--lease-duration",
+        type=float,
+        default=float(_env(environ, "BNDL_LEASE_DURATION", "15")),
+        help="seconds without renewal after which a standby takes the Lease over "
+        "(env BNDL_LEASE_DURATION)",
+    )
+    p.add_argument(
+        "--renew-deadline",
+        type=float,
+        default=float(_env(environ, "BNDL_RENEW_DEADLINE", "10")),
+        help="seconds the leader tries to renew before it steps down (env BNDL_RENEW_DEADLINE)",
+    )
+    p.add_argument(
+        "--identity",
+        default=_env(environ, "BNDL_POD_NAME", socket.gethostname()),
+        help="this replica's name in the Lease (env BNDL_POD_NAME; default the host name)",
+    )
+    p.add_argument(
+        "--worker-cpu-request",
+        default=_env(environ, "BNDL_WORKER_CPU_REQUEST", "100m"),
+        help="CPU request of worker containers whose template sets no resources "
+        "(env BNDL_WORKER_CPU_REQUEST; empty: none)",
+    )
+    p.add_argument(
+        "--worker-memory-request",
+        default=_env(environ, "BNDL_WORKER_MEMORY_REQUEST", "256Mi"),
+        help="memory request of worker containers whose template sets no resources "
+        "(env BNDL_WORKER_MEMORY_REQUEST; empty: none)",
+    )
+    p.add_argument(
+        "--worker-memory-limit",
+        default=_env(environ, "BNDL_WORKER_MEMORY_LIMIT", "2Gi"),
+        help="memory limit of worker containers whose template sets no resources: a runaway "
+        "task becomes an OOMKilled pod (env BNDL_WORKER_MEMORY_LIMIT; empty: none)",
+    )
     return p
+
+
+def _resources(cpu: str, memory: str, limit: str) -> dict[str, dict[str, str]]:
+    requests = {k: v for k, v in (("cpu", cpu), ("memory", memory)) if v}
+    out: dict[str, dict[str, str]] = {}
+    if requests:
+        out["requests"] = requests
+    if limit:
+        out["limits"] = {"memory": limit}
+    return out
 
 
 def parse(
@@ -131,6 +205,20 @@ def parse(
         namespaces = [n.strip() for n in _env(environ, "BNDL_NAMESPACES").split(",") if n.strip()]
     if args.status_interval < 0:
         p.error("--status-interval must not be negative")
+    if args.max_tasks < 1:
+        p.error("--max-tasks must be at least 1")
+    if not 0 < args.renew_deadline < args.lease_duration:
+        p.error("--renew-deadline must be positive and shorter than --lease-duration")
+    lease = None
+    if args.leader_election:
+        lease = LeaseSettings(
+            namespace=args.operator_namespace or "default",
+            name=args.lease_name,
+            identity=args.identity,
+            lease_duration=args.lease_duration,
+            renew_deadline=args.renew_deadline,
+            retry_period=min(2.0, args.renew_deadline / 3),
+        )
     liveness = None if args.liveness in ("", "off", "none") else args.liveness
     return OperatorSettings(
         namespaces=tuple(namespaces),
@@ -143,6 +231,11 @@ def parse(
             operator_namespace=args.operator_namespace,
             operator_labels=args.operator_labels,
             operator_cidrs=tuple(args.operator_cidr),
+            worker_resources=_resources(
+                args.worker_cpu_request, args.worker_memory_request, args.worker_memory_limit
+            ),
         ),
         log_level=args.log_level.upper(),
+        max_tasks=args.max_tasks,
+        lease=lease,
     )

@@ -53,12 +53,18 @@ class Reason(enum.StrEnum):
     DISPATCHING = "Dispatching"
     SUCCEEDED = "Succeeded"
     TASK_FAILED = "TaskFailed"
+    WORKER_KILLED_BY_TASK = "WorkerKilledByTask"
     SCHEDULING_FAILED = "SchedulingFailed"
     DEADLINE_EXCEEDED = "DeadlineExceeded"
     SUSPENDED = "Suspended"
     RESUMED = "Resumed"
     DELETED = "Deleted"
     OPERATOR_ERROR = "OperatorError"
+    CHILD_CONFLICT = "ChildConflict"
+    API_ERROR = "APIError"
+    TRANSIENT_API_ERROR = "TransientAPIError"
+    RECONCILED = "Reconciled"
+    ADOPTED = "Adopted"
 
 
 class ConditionType(enum.StrEnum):
@@ -68,6 +74,7 @@ class ConditionType(enum.StrEnum):
     SUSPENDED = "Suspended"
     COMPLETE = "Complete"
     FAILED = "Failed"
+    RECONCILED = "Reconciled"
 
 
 def timestamp(when: datetime) -> str:
@@ -101,6 +108,10 @@ class JobStatus:
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     results_omitted: int = 0
+    selector: str = ""
+    base: dict[str, int] = field(default_factory=dict)
+    """Counts of earlier operator incarnations (read back at resume), added to this one's."""
+    checkpoint: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def resume(cls, status: Mapping[str, Any], generation: int) -> JobStatus:
@@ -117,10 +128,28 @@ class JobStatus:
         for c in status.get("conditions") or []:
             if isinstance(c, Mapping) and "type" in c:
                 out.conditions[str(c["type"])] = dict(c)
+        tasks = status.get("tasks") or {}
+        for key in _CARRIED:
+            value = tasks.get(key)
+            if isinstance(value, int) and value > 0:
+                out.base[key] = value
+        failed = tasks.get("failed")
+        out.failed_tasks = failed if isinstance(failed, int) and out.phase.finished else 0
+        results = status.get("results")
+        if isinstance(results, Mapping):
+            out.results = dict(results)
+        omitted = status.get("resultsOmitted")
+        out.results_omitted = omitted if isinstance(omitted, int) else 0
+        checkpoint = status.get("checkpoint")
+        if isinstance(checkpoint, Mapping):
+            out.checkpoint = dict(checkpoint)
         return out
 
-    def set_phase(self, phase: Phase, reason: str, message: str, now: datetime) -> None:
-        """Enter ``phase`` and set the conditions that go with it."""
+    def set_phase(self, phase: Phase, reason: str, message: str, now: datetime) -> bool:
+        """Enter ``phase`` and set the conditions that go with it; False (nothing changed) when
+        the job has finished already: finished phases are terminal."""
+        if self.phase.finished:
+            return False
         self.phase = phase
         self.reason = reason
         self.message = _cap(message)
@@ -135,6 +164,12 @@ class JobStatus:
         if phase.finished:
             self.condition(ConditionType.COMPLETE, phase is Phase.SUCCEEDED, reason, message, now)
             self.condition(ConditionType.FAILED, phase is Phase.FAILED, reason, message, now)
+        return True
+
+    def restart_clock(self, now: datetime) -> None:
+        """The job (re)starts now: ``activeDeadlineSeconds`` counts from here (not while
+        suspended, as a batch Job resets its start time when it resumes)."""
+        self.start_time = timestamp(now)
 
     def condition(
         self, kind: ConditionType, status: bool, reason: str, message: str, now: datetime
@@ -169,9 +204,9 @@ class JobStatus:
             "running": running,
             "succeeded": succeeded,
             "failed": self.failed_tasks,
-            "retried": c.retried if c else 0,
-            "recomputed": c.recomputed if c else 0,
         }
+        for key, attr in _CARRIED.items():
+            tasks[key] = self.base.get(key, 0) + (int(getattr(c, attr, 0)) if c else 0)
         out: dict[str, Any] = {
             "phase": str(self.phase),
             "reason": str(self.reason),
@@ -189,7 +224,22 @@ class JobStatus:
             out["results"] = dict(self.results)
         if self.results_omitted:
             out["resultsOmitted"] = self.results_omitted
+        if self.selector:
+            out["selector"] = self.selector
+        if self.checkpoint:
+            out["checkpoint"] = dict(self.checkpoint)
         return out
+
+
+_CARRIED = {
+    "retried": "retried",
+    "recomputed": "recomputed",
+    "lostRuns": "lost_runs",
+    "workerLosses": "worker_losses",
+    "adopted": "adopted",
+    "reattached": "reattached",
+}
+"""Status counts (and the engine's Counts fields) that add up across operator incarnations."""
 
 
 def small_results(
@@ -295,3 +345,29 @@ def diagnose_pods(pods: Sequence[Mapping[str, Any]], desired: int) -> str:
             "admission or Pod Security rejections)"
         )
     return "; ".join(lines) if lines else "all pods are Ready"
+
+
+def termination_cause(pod: Mapping[str, Any], container: str = "worker") -> str | None:
+    """Why the container last died, as Kubernetes tells it: ``OOMKilled (exit code 137)``,
+    ``Error (exit code 3)``, ``killed by signal 9``; None when it never terminated."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") != container:
+            continue
+        for state in (
+            (cs.get("state") or {}).get("terminated"),
+            (cs.get("lastState") or {}).get("terminated"),
+        ):
+            if state:
+                reason = state.get("reason") or "terminated"
+                if state.get("signal"):
+                    return f"{reason} (killed by signal {state['signal']})"
+                return f"{reason} (exit code {state.get('exitCode')})"
+    return None
+
+
+def restarts(pod: Mapping[str, Any], container: str = "worker") -> int:
+    """How often the container was restarted."""
+    for cs in (pod.get("status") or {}).get("containerStatuses") or []:
+        if cs.get("name") == container:
+            return int(cs.get("restartCount") or 0)
+    return 0
