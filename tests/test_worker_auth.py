@@ -146,6 +146,7 @@ def test_browser_origin_is_refused(worker: WorkerProcess, tmp_path: Path) -> Non
         ("GET", "/v1/results/anything"),
         ("POST", "/v1/results/release"),
         ("POST", "/v1/cancel"),
+        ("POST", "/v1/attach"),
         ("POST", "/v1/call"),
         ("POST", "/v1/profile/cpu/start"),
         ("GET", "/v1/profile/cpu/stats"),

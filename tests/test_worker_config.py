@@ -16,7 +16,15 @@ def test_defaults_need_only_a_secret() -> None:
     assert config.max_body == DEFAULT_MAX_BODY
     assert (config.auth_window, config.heartbeat_interval) == (30.0, 1.0)
     assert config.name  # the hostname
+    assert config.orphan_grace == 600.0
     assert level == "WARNING"
+
+
+def test_orphan_grace_from_environment_or_flag() -> None:
+    config, _ = parse([], {"BNDL_SECRET": "s", "BNDL_ORPHAN_GRACE": "2.5"})
+    assert config.orphan_grace == 2.5
+    config, _ = parse(["--orphan-grace", "1"], {"BNDL_SECRET": "s", "BNDL_ORPHAN_GRACE": "2.5"})
+    assert config.orphan_grace == 1.0
 
 
 def test_environment_sets_defaults_and_flags_override_it(tmp_path: Path) -> None:
@@ -52,6 +60,7 @@ def test_environment_sets_defaults_and_flags_override_it(tmp_path: Path) -> None
         ([], {"BNDL_SECRET": ""}, "a secret is required"),
         (["--secret-file", "/nonexistent/secret"], {}, "cannot read the secret file"),
         (["--max-body", "0"], {"BNDL_SECRET": "s"}, "must be positive"),
+        (["--orphan-grace", "-1"], {"BNDL_SECRET": "s"}, "must not be negative"),
     ],
 )
 def test_invalid_configuration_is_a_usage_error(

@@ -161,6 +161,7 @@ def test_help_lists_every_option_and_its_environment_variable() -> None:
         ("--secret-file", "BNDL_SECRET"),
         ("--max-body", "BNDL_WORKER_MAX_BODY"),
         ("--url", "BNDL_WORKER_URL"),
+        ("--orphan-grace", "BNDL_ORPHAN_GRACE"),
     ]:
         assert flag in out and var in out
 

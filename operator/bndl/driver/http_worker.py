@@ -1,20 +1,28 @@
-"""A remote worker process as the scheduler sees it (the ``Worker`` protocol over HTTP)."""
+"""A remote worker process as the scheduler sees it (the ``Worker`` protocol over HTTP).
+
+Besides the ``Worker`` protocol it offers what a driver needs to adopt a worker after a restart:
+:meth:`HttpWorker.held` (what the worker holds, runs and finished for nobody),
+:meth:`HttpWorker.attach` (the outcome of a run started by an earlier driver) and
+:meth:`HttpWorker.fetch` (a kept result).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, TypeVar
 
 from bndl.driver.loop import IoLoop
 from bndl.execute.exceptions import NotConnected
 from bndl.execute.job import RmiTask, Task
 from bndl.execute.workers import Worker
-from bndl.wire import RemoteRef, TaskItem, WorkerClient
+from bndl.wire import Completion, Held, RemoteRef, TaskItem, WorkerClient
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How long a synchronous call (profiling, probes) may take before it counts as failed.
 CALL_TIMEOUT = 60.0
@@ -26,6 +34,11 @@ class HttpWorker:
     Results come back with each completion (the driver hands them to the caller) and, for tasks
     with dependents, stay on the worker for peers to fetch.
     """
+
+    loss_cause: Callable[[], str | None] | None = None
+    """Why the worker died, if whoever watches its process or pod knows (the local cluster sets
+    it, say, to report an exit code or signal); the scheduler reads it when it charges a task
+    with worker losses. ``None``, or a callable answering ``None``: the cause is unknown."""
 
     def __init__(
         self, client: WorkerClient, loop: IoLoop, labels: Mapping[str, str] | None = None
@@ -55,12 +68,26 @@ class HttpWorker:
         args: Sequence[Any],
         kwargs: Mapping[str, Any],
         keep: bool,
+        reply: bool = True,
     ) -> Future[Any]:
+        """Run a task; the future resolves to its value (``None`` with ``reply=False``, which
+        leaves a successful result out of the completion: use with ``keep``) or its exception,
+        ``NotConnected`` when the worker is lost."""
+        item = TaskItem(key, fn, tuple(args), dict(kwargs), keep, reply)
+        return self._track(lambda future: self._resolve(self.client.run([item]), future, True))
+
+    def attach(self, key: str, reply: bool = True) -> Future[Any]:
+        """The outcome of a run started earlier on this worker (by an earlier driver, say),
+        resolved like :meth:`run`'s future; ``RunNotFound`` when the worker neither runs it nor
+        kept its outcome. With ``reply=False`` a success resolves to ``None`` (the worker may
+        still send the value, which is dropped)."""
+        return self._track(lambda future: self._resolve(self.client.attach([key]), future, reply))
+
+    def _track(self, start: Callable[[Future[Any]], Coroutine[Any, Any, None]]) -> Future[Any]:
         future: Future[Any] = Future()
         self._inflight.add(future)
         future.add_done_callback(self._inflight.discard)
-        item = TaskItem(key, fn, tuple(args), dict(kwargs), keep)
-        self._loop.spawn(self._run(item, future))
+        self._loop.spawn(start(future))
         return future
 
     def disconnect(self, reason: str) -> None:
@@ -70,13 +97,16 @@ class HttpWorker:
             if not future.done():
                 future.set_exception(NotConnected(self.name, reason))
 
-    async def _run(self, item: TaskItem, future: Future[Any]) -> None:
+    @staticmethod
+    async def _resolve(
+        completions: AsyncIterator[Completion], future: Future[Any], reply: bool
+    ) -> None:
         try:
-            async for completion in self.client.run([item]):
+            async for completion in completions:
                 if future.done():  # failed by disconnect() meanwhile
                     continue
                 if completion.ok:
-                    future.set_result(completion.value)
+                    future.set_result(completion.value if reply else None)
                 else:
                     future.set_exception(completion.value)
         except BaseException as e:  # NotConnected, refusals, cancellation of the loop
@@ -98,9 +128,21 @@ class HttpWorker:
             log.debug("%s on %s failed: %s", what, self.name, e)
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return self._wait(self.client.call(fn, *args, **kwargs), "call")
+
+    def fetch(self, key: str) -> Any:
+        """The result the worker keeps under ``key``; ``NotFound`` when it keeps none."""
+        return self._wait(self.client.fetch(key), "fetch")
+
+    def held(self) -> Held:
+        """What the worker keeps, runs and finished for nobody (async: ``client.held()``)."""
+        return self._wait(self.client.held(), "held")
+
+    def _wait(self, coro: Coroutine[Any, Any, T], what: str) -> T:
         if self._loop.in_loop_thread():
-            raise RuntimeError("HttpWorker.call would block the driver's event loop")
-        return self._loop.run(self.client.call(fn, *args, **kwargs)).result(CALL_TIMEOUT)
+            coro.close()
+            raise RuntimeError(f"HttpWorker.{what} would block the driver's event loop")
+        return self._loop.run(coro).result(CALL_TIMEOUT)
 
     def reference(self, dep: Task, holder: Worker | None) -> Any:
         if isinstance(dep, RmiTask) and isinstance(holder, HttpWorker) and dep.run_key:

@@ -16,6 +16,7 @@ from bndl.wire.errors import (
     ProtocolError,
     RemoteTraceback,
     ResultNotPicklable,
+    RunNotFound,
     TaskAborted,
     TaskNotDecodable,
 )
@@ -38,6 +39,7 @@ __all__ = [
     "RemoteRef",
     "RemoteTraceback",
     "ResultNotPicklable",
+    "RunNotFound",
     "TaskAborted",
     "TaskItem",
     "TaskNotDecodable",

@@ -86,11 +86,15 @@ def create_session(settings: ClientSettings | None = None) -> aiohttp.ClientSess
 
 
 class Held(TypedDict):
-    """What a worker reports it holds (results) and is running (task keys)."""
+    """What a worker reports it holds (results), is running and has finished (task keys)."""
 
     name: str
     held: list[str]
+    """Keys of the results it keeps."""
     running: list[str]
+    """Keys of its running tasks, orphans (whose driver went away) included."""
+    finished: list[str]
+    """Keys of finished orphans whose completion no driver received yet (see :meth:`attach`)."""
 
 
 class WorkerClient:
@@ -219,19 +223,43 @@ class WorkerClient:
         async with self._exchange(
             "POST", "/v1/run", encode_run(encoded), timeout=self._stream_timeout
         ) as response:
-            read = response.content.readexactly
-            unpack = frames.HEADER.unpack
-            while pending:
-                (size,) = unpack(await read(frames.HEADER.size))
-                try:
-                    message = frames.decode(await read(size))
-                except frames.FrameError as e:
-                    raise ProtocolError(str(e), self.name) from e
-                if message[0] == DONE:
-                    _, key, ok, blob = message
-                    pending.discard(key)
-                    yield decode_outcome(key, ok, blob)
-            await response.read()  # consume the end of the stream so the connection is reused
+            async for completion in self._completions(response, pending):
+                yield completion
+
+    async def attach(self, keys: Iterable[str]) -> AsyncIterator[Completion]:
+        """Adopt runs started earlier (by this or another driver) and yield their completions.
+
+        For each key the worker sends a completion it kept for a driver that went away at once,
+        or that of the running task when it finishes (a task running for another live request
+        is moved here: that request no longer waits for it), or a failure with
+        :class:`~bndl.wire.errors.RunNotFound`. One request of its own (no coalescing); raises
+        like :meth:`run`.
+        """
+        pending = set(keys)
+        body = json.dumps({"keys": sorted(pending)}).encode()
+        async with self._exchange(
+            "POST", "/v1/attach", body, content_type=JSON_TYPE, timeout=self._stream_timeout
+        ) as response:
+            async for completion in self._completions(response, pending):
+                yield completion
+
+    async def _completions(
+        self, response: aiohttp.ClientResponse, pending: set[str]
+    ) -> AsyncIterator[Completion]:
+        """The completions on a frame stream until none of ``pending`` is left."""
+        read = response.content.readexactly
+        unpack = frames.HEADER.unpack
+        while pending:
+            (size,) = unpack(await read(frames.HEADER.size))
+            try:
+                message = frames.decode(await read(size))
+            except frames.FrameError as e:
+                raise ProtocolError(str(e), self.name) from e
+            if message[0] == DONE:
+                _, key, ok, blob = message
+                pending.discard(key)
+                yield decode_outcome(key, ok, blob)
+        await response.read()  # consume the end of the stream so the connection is reused
 
     async def cancel(self, keys: Iterable[str]) -> dict[str, list[str]]:
         """Cancel tasks: ``{"interrupted": [...running keys], "remembered": [...others]}``.
@@ -273,7 +301,7 @@ class WorkerClient:
         return int(reply["released"])
 
     async def held(self) -> Held:
-        """The keys of the results the worker holds and of the tasks it is running."""
+        """The keys of the results the worker holds, the tasks it runs and the finished orphans."""
         return await self._json("GET", "/v1/held")  # type: ignore[no-any-return]
 
     # --- calls, health, profiling -------------------------------------------------------------

@@ -3,10 +3,11 @@
 Two families cross the wire. :class:`ProtocolError` and its subclasses say that a request was
 refused (bad signature, body too large, browser origin, unknown result, ...); they carry the
 HTTP status and the server's message. Task outcome errors (:class:`RemoteTraceback`,
-:class:`ResultNotPicklable`, :class:`TaskAborted`, :class:`TaskNotDecodable`) describe what
-happened to one task on a worker. Transport failures (refused, reset, timed out, truncated) are
-not here: they all become ``bndl.execute.exceptions.NotConnected`` in :func:`not_connected`, so
-the scheduler treats the worker as lost in exactly one way.
+:class:`ResultNotPicklable`, :class:`TaskAborted`, :class:`TaskNotDecodable`,
+:class:`RunNotFound`) describe what happened to one task on a worker. Transport failures
+(refused, reset, timed out, truncated) are not here: they all become
+``bndl.execute.exceptions.NotConnected`` in :func:`not_connected`, so the scheduler treats the
+worker as lost in exactly one way.
 """
 
 from __future__ import annotations
@@ -129,3 +130,16 @@ class TaskAborted(Exception):
 
 class TaskNotDecodable(Exception):
     """A task's function or arguments could not be unpickled on the worker."""
+
+
+class RunNotFound(Exception):
+    """A driver attached to a run the worker neither runs nor has an undelivered outcome of:
+    it never ran there, its outcome was delivered already, or it outlived the grace period."""
+
+    def __init__(self, key: str, worker: str) -> None:
+        self.key = key
+        self.worker = worker
+        super().__init__(key, worker)  # the constructor's arguments, so that it unpickles
+
+    def __str__(self) -> str:
+        return f"no run of task {self.key} on worker {self.worker} (not running, no outcome kept)"

@@ -37,6 +37,9 @@ class WorkerConfig:
     """Seconds between heartbeat frames on a run stream while its tasks run."""
     cancel_memory: float = 300.0
     """Seconds a cancel for a key that is not running is remembered (the dispatch race)."""
+    orphan_grace: float = 600.0
+    """Seconds the tasks of a run request whose client went away keep running (and their outcomes
+    are kept) for a new driver to attach to; then a task still running is cancelled."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str) -> str:
@@ -96,6 +99,13 @@ def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
         help="seconds between heartbeats on task streams (env BNDL_HEARTBEAT_INTERVAL)",
     )
     p.add_argument(
+        "--orphan-grace",
+        type=float,
+        default=float(_env(environ, "BNDL_ORPHAN_GRACE", "600")),
+        help="seconds the tasks of a driver that went away keep running, and their outcomes are "
+        "kept, for a new driver to attach to (env BNDL_ORPHAN_GRACE)",
+    )
+    p.add_argument(
         "--log-level",
         default=_env(environ, "BNDL_LOG_LEVEL", "WARNING"),
         help="logging level (env BNDL_LOG_LEVEL)",
@@ -121,6 +131,8 @@ def parse(
         p.error("a secret is required: --secret-file, BNDL_SECRET_FILE or BNDL_SECRET")
     if args.max_body <= 0 or args.auth_window <= 0 or args.heartbeat_interval <= 0:
         p.error("--max-body, --auth-window and --heartbeat-interval must be positive")
+    if args.orphan_grace < 0:
+        p.error("--orphan-grace must not be negative")
     config = WorkerConfig(
         name=args.name,
         secret=secret,
@@ -130,5 +142,6 @@ def parse(
         max_body=args.max_body,
         auth_window=args.auth_window,
         heartbeat_interval=args.heartbeat_interval,
+        orphan_grace=args.orphan_grace,
     )
     return config, args.log_level

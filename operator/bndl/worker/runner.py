@@ -8,6 +8,14 @@ keeping the result. The loop only routes ready frames to the stream of the reque
 Cancellation: a key that is running gets ``TaskCancelled`` raised in its thread; a key that is not
 running (yet) is remembered for ``cancel_memory`` seconds, so a run request that arrives after
 its cancel (the race) is answered with ``TaskCancelled`` without running anything.
+
+Orphans: when the client of a run request goes away (the driver, or the operator holding it,
+restarted), its tasks are not cancelled: they keep running as orphans for ``orphan_grace``
+seconds, so that a new driver can adopt them (``POST /v1/attach``). An orphan that finishes keeps
+its completion frame as *undelivered* until a driver attaches to it or the grace period (counted
+from when its stream went away) ends; an orphan still running then is cancelled and forgotten.
+Orphans and undelivered frames live in insertion-ordered maps whose fronts expire first, so the
+bookkeeping is O(1) per run; expiry is checked on each request and by a periodic sweep.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ from typing import Any
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.wire import frames
 from bndl.wire.client import WorkerClient
+from bndl.wire.errors import RunNotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
 from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
 from bndl.worker import threads
@@ -40,20 +49,31 @@ _CANCEL_POLL = 0.1
 
 
 class Stream:
-    """The completion frames of one run request, waiting to be written to its response."""
+    """The completion frames of one run (or attach) request, waiting to be written to its response.
 
-    __slots__ = ("chunks", "event", "jobs", "outstanding")
+    Frames are kept with their keys until written, so that the frames of a request whose client
+    went away can be kept as undelivered.
+    """
+
+    __slots__ = ("chunks", "event", "jobs", "outstanding", "unconfirmed")
 
     def __init__(self) -> None:
-        self.chunks: list[bytes] = []
+        self.chunks: list[tuple[str, bytes]] = []
+        self.unconfirmed: list[tuple[str, bytes]] = []  # taken, but their write has not returned
         self.event = asyncio.Event()
         self.jobs: dict[str, TaskJob] = {}
         self.outstanding = 0
 
-    def push(self, frame: bytes) -> None:
-        self.chunks.append(frame)
+    def push(self, key: str, frame: bytes) -> None:
+        self.chunks.append((key, frame))
         self.outstanding -= 1
         self.event.set()
+
+    def release(self, key: str) -> None:
+        """Stop waiting for ``key``: its job moved to another stream."""
+        if self.jobs.pop(key, None) is not None:
+            self.outstanding -= 1
+            self.event.set()
 
     async def wait(self, timeout: float) -> None:
         """Until a frame is ready or ``timeout`` seconds have passed."""
@@ -64,10 +84,18 @@ class Stream:
             pass
 
     def take(self) -> bytes:
+        """The frames ready to write; call :meth:`written` once their write returned."""
         self.event.clear()
-        data = b"".join(self.chunks)
-        self.chunks.clear()
-        return data
+        self.unconfirmed = self.chunks
+        self.chunks = []
+        return b"".join(frame for _, frame in self.unconfirmed)
+
+    def written(self) -> None:
+        self.unconfirmed = []
+
+    def undelivered(self) -> list[tuple[str, bytes]]:
+        """The frames that may not have reached the client."""
+        return [*self.unconfirmed, *self.chunks]
 
 
 class TaskJob(Job):
@@ -76,8 +104,9 @@ class TaskJob(Job):
     def __init__(self, runner: TaskRunner, task: EncodedTask, stream: Stream) -> None:
         self.runner = runner
         self.task = task
-        self.stream = stream
+        self.stream: Stream | None = stream  # None while orphaned
         self.cancelled = False
+        self.expired = False  # an orphan cancelled at the end of its grace period
 
     def __repr__(self) -> str:
         return f"TaskJob({self.task.key!r})"
@@ -156,7 +185,7 @@ def _set_result(future: asyncio.Future[tuple[bool, bytes]], outcome: tuple[bool,
 
 
 class TaskRunner:
-    """The worker's running tasks, remembered cancels, result store and peer clients."""
+    """The worker's running tasks, orphans, remembered cancels, result store and peer clients."""
 
     def __init__(
         self,
@@ -165,6 +194,8 @@ class TaskRunner:
         peers: Callable[[str, str], WorkerClient],
         cancel_memory: float = 300.0,
         cancel_memory_size: int = 100_000,
+        orphan_grace: float = 600.0,
+        undelivered_size: int = 100_000,
     ) -> None:
         self.info = info
         self.loop = loop
@@ -175,33 +206,119 @@ class TaskRunner:
         self.cancel_memory = cancel_memory
         self.cancel_memory_size = cancel_memory_size
         self._cancelled: OrderedDict[str, float] = OrderedDict()
+        self.orphan_grace = orphan_grace
+        self.undelivered_size = undelivered_size
+        self._orphans: OrderedDict[str, float] = OrderedDict()  # running orphan -> its deadline
+        # finished orphan -> (deadline, its completion frame), in the order they finished
+        self._undelivered: OrderedDict[str, tuple[float, bytes]] = OrderedDict()
 
     # --- on the event loop --------------------------------------------------------------------
 
     def start(self, tasks: Iterable[EncodedTask]) -> Stream:
         """Start the tasks of one run request; their frames arrive on the returned stream."""
+        self.expire()
         stream = Stream()
         for task in tasks:
             stream.outstanding += 1
             if self._was_cancelled(task.key):
                 cancelled = TaskCancelled(f"task {task.key} was cancelled before it started")
-                stream.push(_failure_frame(task.key, cancelled))
+                stream.push(task.key, _failure_frame(task.key, cancelled))
             elif task.key in self.running:
                 duplicate = RuntimeError(f"task {task.key} is already running on this worker")
-                stream.push(_failure_frame(task.key, duplicate))
+                stream.push(task.key, _failure_frame(task.key, duplicate))
             else:
+                self._undelivered.pop(task.key, None)  # run again: an earlier outcome is stale
                 job = TaskJob(self, task, stream)
                 self.running[task.key] = job
                 stream.jobs[task.key] = job
                 self.threads.submit(job)
         return stream
 
+    def attach(self, keys: Iterable[str]) -> Stream:
+        """A stream for the outcomes of runs started earlier: undelivered frames at once, running
+        tasks when they finish (moved from the stream they were on), ``RunNotFound`` otherwise."""
+        now = self.expire()
+        stream = Stream()
+        for key in dict.fromkeys(keys):
+            stream.outstanding += 1
+            undelivered = self._undelivered.pop(key, None)
+            job = self.running.get(key)
+            if undelivered is not None and undelivered[0] >= now:
+                stream.push(key, undelivered[1])
+            elif job is not None and not job.expired:
+                self._move(job, stream)
+            else:
+                stream.push(key, _failure_frame(key, RunNotFound(key, self.info.name)))
+        return stream
+
+    def _move(self, job: TaskJob, stream: Stream) -> None:
+        key = job.task.key
+        if job.stream is None:
+            del self._orphans[key]
+        else:
+            job.stream.release(key)
+        job.stream = stream
+        stream.jobs[key] = job
+
+    def orphan(self, stream: Stream) -> None:
+        """The client of ``stream`` went away: its tasks run on as orphans for the grace period,
+        and frames it may not have received are kept as undelivered."""
+        deadline = time.monotonic() + self.orphan_grace
+        for key, frame in stream.undelivered():
+            self._keep_undelivered(key, deadline, frame)
+        stream.chunks, stream.unconfirmed = [], []
+        for key, job in stream.jobs.items():
+            job.stream = None
+            self._orphans[key] = deadline
+        stream.jobs.clear()
+
     def finished(self, job: TaskJob, frame: bytes) -> None:
         key = job.task.key
         if self.running.get(key) is job:
             del self.running[key]
-        job.stream.jobs.pop(key, None)
-        job.stream.push(frame)
+        if job.stream is not None:
+            job.stream.jobs.pop(key, None)
+            job.stream.push(key, frame)
+            return
+        deadline = self._orphans.pop(key, None)
+        if deadline is not None and not job.expired:
+            self._keep_undelivered(key, deadline, frame)
+
+    def _keep_undelivered(self, key: str, deadline: float, frame: bytes) -> None:
+        self._undelivered[key] = (deadline, frame)
+        self._undelivered.move_to_end(key)
+        while len(self._undelivered) > self.undelivered_size:
+            self._undelivered.popitem(last=False)
+
+    def expire(self) -> float:
+        """Cancel the orphans and drop the undelivered frames whose grace period is over.
+
+        Both maps are in (roughly) deadline order, so only their fronts are looked at: O(1) per
+        run. An undelivered frame behind an unexpired one may outlive its deadline a little (at
+        most by the grace period); lookups check the exact deadline. Returns the time used.
+        """
+        now = time.monotonic()
+        orphans = self._orphans
+        while orphans:
+            key, deadline = next(iter(orphans.items()))
+            if deadline >= now:
+                break
+            del orphans[key]
+            job = self.running.get(key)
+            if job is not None and job.stream is None:
+                log.info("orphaned task %s outlived its grace period: cancelled", key)
+                job.expired = True
+                self._cancel_job(job)
+        undelivered = self._undelivered
+        while undelivered and next(iter(undelivered.values()))[0] < now:
+            undelivered.popitem(last=False)
+        return now
+
+    async def sweep(self, interval: float) -> None:
+        """Expire orphans every ``interval`` seconds, also when no request comes in."""
+        while True:
+            await asyncio.sleep(interval)
+            self.expire()
 
     def cancel(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
         """Cancel tasks: returns the keys interrupted and the keys remembered for later."""
@@ -209,6 +326,7 @@ class TaskRunner:
         for key in keys:
             job = self.running.get(key)
             if job is None:
+                self._undelivered.pop(key, None)
                 self._remember_cancel(key)
                 remembered.append(key)
             else:
@@ -216,14 +334,19 @@ class TaskRunner:
                 interrupted.append(key)
         return interrupted, remembered
 
-    def abandon(self, stream: Stream) -> None:
-        """Cancel what is still running for a request whose client went away."""
-        for job in list(stream.jobs.values()):
-            self._cancel_job(job)
-
     def cancel_all(self) -> None:
         for job in list(self.running.values()):
             self._cancel_job(job)
+
+    def held(self) -> dict[str, Any]:
+        """What ``GET /v1/held`` reports: kept results, running tasks and undelivered frames."""
+        now = self.expire()
+        return {
+            "name": self.info.name,
+            "held": self.store.keys(),
+            "running": [key for key, job in self.running.items() if not job.expired],
+            "finished": [key for key, (due, _) in self._undelivered.items() if due >= now],
+        }
 
     def _cancel_job(self, job: TaskJob) -> None:
         job.cancelled = True  # seen by a job that has not started running yet

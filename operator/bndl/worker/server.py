@@ -6,6 +6,11 @@ length-prefixed frames (:mod:`bndl.wire.frames`): one per finished task, written
 ready, and a heartbeat whenever ``heartbeat_interval`` passes without one, so a client can tell a
 hung worker from a slow task. When every task is done before the first frame would be written,
 the frames go out as one plain response instead.
+
+A run request whose client goes away leaves its tasks running as orphans (see
+:mod:`bndl.worker.runner`); ``POST /v1/attach`` answers like a run request with the outcomes of
+runs started earlier, so a driver that restarted can adopt them, and ``GET /v1/held`` lists what
+there is to adopt.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import os
 import pickle
 import signal
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -33,7 +38,7 @@ from bndl.worker.announce import Announcement, ready_line
 from bndl.worker.config import WorkerConfig
 from bndl.worker.context import WorkerInfo
 from bndl.worker.guard import error_response, guard
-from bndl.worker.runner import HEARTBEAT_FRAME, TaskRunner
+from bndl.worker.runner import HEARTBEAT_FRAME, Stream, TaskRunner
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +70,11 @@ class Worker:
         """The aiohttp application; call from the running loop."""
         info = WorkerInfo(self.config.name, url)
         self.runner = TaskRunner(
-            info, asyncio.get_running_loop(), self.peer, cancel_memory=self.config.cancel_memory
+            info,
+            asyncio.get_running_loop(),
+            self.peer,
+            cancel_memory=self.config.cancel_memory,
+            orphan_grace=self.config.orphan_grace,
         )
         app = web.Application(
             middlewares=[
@@ -75,9 +84,11 @@ class Worker:
         )
         app[_RUNNER] = self.runner
         app[_WORKER] = self
+        app.cleanup_ctx.append(_sweeping)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
         app.router.add_post("/v1/run", run)
+        app.router.add_post("/v1/attach", attach)
         app.router.add_post("/v1/cancel", cancel)
         app.router.add_get("/v1/results/{key}", fetch)
         app.router.add_post("/v1/results/fetch", fetch_many)
@@ -96,6 +107,18 @@ class Worker:
 
 
 _WORKER = web.AppKey("worker", Worker)
+
+
+async def _sweeping(app: web.Application) -> AsyncIterator[None]:
+    """The orphan sweep, for as long as the application runs (expiry is also checked lazily on
+    each request; the sweep cancels orphans past their grace period when none comes)."""
+    runner = app[_RUNNER]
+    interval = min(1.0, max(runner.orphan_grace / 4, 0.05))
+    sweep = asyncio.create_task(runner.sweep(interval), name="bndl-orphan-sweep")
+    yield
+    sweep.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await sweep
 
 
 # --- probes ------------------------------------------------------------------------------------
@@ -117,18 +140,34 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def run(request: web.Request) -> web.StreamResponse:
-    """Run the request's tasks; answer with their frames, streamed while any is running.
-
-    The response starts only when the first frame is ready (or a heartbeat is due): when every
-    task is done by then, which is the common case for short tasks, the frames go out as one plain
-    response, in a single write.
-    """
+    """Run the request's tasks; answer with their frames, streamed while any is running."""
     runner = request.app[_RUNNER]
     try:
         tasks = decode_run(await request.read())
     except ValueError as e:
         return error_response(400, str(e))
-    stream = runner.start(tasks)
+    return await _answer(request, runner.start(tasks))
+
+
+async def attach(request: web.Request) -> web.StreamResponse:
+    """Adopt runs started earlier (``{"keys": [...]}``): answered like a run request."""
+    try:
+        keys = json.loads(await request.read())["keys"]
+    except (ValueError, KeyError, TypeError) as e:
+        return error_response(400, f'malformed attach request, want {{"keys": [...]}}: {e!r}')
+    if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
+        return error_response(400, '"keys" must be a list of strings')
+    return await _answer(request, request.app[_RUNNER].attach(keys))
+
+
+async def _answer(request: web.Request, stream: Stream) -> web.StreamResponse:
+    """Write a stream's frames as they come, with heartbeats in between.
+
+    The response starts only when the first frame is ready (or a heartbeat is due): when every
+    task is done by then, which is the common case for short tasks, the frames go out as one plain
+    response, in a single write. When the client goes away, its tasks become orphans.
+    """
+    runner = request.app[_RUNNER]
     interval = request.app[_WORKER].config.heartbeat_interval
     response: web.StreamResponse | None = None
     try:
@@ -140,13 +179,15 @@ async def run(request: web.Request) -> web.StreamResponse:
                 if response is None:
                     return web.Response(body=body, content_type=FRAMES_TYPE)
                 await response.write_eof(body)
+                stream.written()
                 return response
             if response is None:
                 response = web.StreamResponse(headers={"Content-Type": FRAMES_TYPE})
                 await response.prepare(request)
             await response.write(stream.take() or HEARTBEAT_FRAME)
+            stream.written()
     except (ConnectionError, asyncio.CancelledError):
-        runner.abandon(stream)  # nobody can receive these outcomes any more
+        runner.orphan(stream)  # nobody receives these outcomes now: keep them for an attach
         raise
 
 
@@ -154,6 +195,7 @@ async def cancel(request: web.Request) -> web.Response:
     keys = await _json_field(request, "keys")
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         return error_response(400, '"keys" must be a list of strings')
+    request.app[_RUNNER].expire()
     interrupted, remembered = request.app[_RUNNER].cancel(keys)
     return web.json_response({"interrupted": interrupted, "remembered": remembered})
 
@@ -216,10 +258,7 @@ async def release(request: web.Request) -> web.Response:
 
 
 async def held(request: web.Request) -> web.Response:
-    runner = request.app[_RUNNER]
-    return web.json_response(
-        {"name": runner.info.name, "held": runner.store.keys(), "running": list(runner.running)}
-    )
+    return web.json_response(request.app[_RUNNER].held())
 
 
 async def call(request: web.Request) -> web.Response:
