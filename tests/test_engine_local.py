@@ -3,6 +3,7 @@ worker fails the job fast, naming the task and the exit codes; workers die with 
 
 from __future__ import annotations
 
+import operator
 import os
 import signal
 import subprocess
@@ -10,13 +11,17 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from bndl.driver import DriverLoop, HttpWorker
 from bndl.execute.core import WorkerKilledByTask
 from bndl.execute.job import Job, ResultOf, RmiTask
+from bndl.execute.scheduler import Adopted, Scheduler
 from bndl.local import LocalCluster
 from bndl.local.cluster import exit_cause
+from bndl.wire import WorkerClient
 from tests.waiting import wait_until
 
 
@@ -110,10 +115,6 @@ def plus_one(x: int) -> int:
 
 
 def test_intermediate_results_stay_on_workers_and_are_fetched_on_demand(tmp_path: Path) -> None:
-    from bndl.driver import HttpWorker
-
-    if not hasattr(HttpWorker, "fetch"):
-        pytest.skip("HttpWorker.fetch is not there yet")
     go = str(tmp_path / "go")
     with LocalCluster(workers=2) as ctx:
         a = RmiTask(ctx, "a", abs, (-20,))
@@ -136,3 +137,58 @@ def wait_then_double(go: str, x: int) -> int:
             raise TimeoutError(go)
         time.sleep(0.01)
     return 2 * x
+
+
+def touch_then_wait(started: str, go: str) -> int:
+    """Runs on a worker: say it started, then wait for the test's go."""
+    Path(started).touch()
+    return wait_then_double(go, 7)
+
+
+def old_driver_worker(cluster: LocalCluster) -> tuple[DriverLoop, HttpWorker]:
+    """A second driver's view of the cluster's worker (the driver before a restart)."""
+    (process,) = cluster.processes
+    loop = DriverLoop(cluster.settings)
+    client = WorkerClient(
+        process.worker.name, process.worker.url, cluster.secret.encode(), loop.session
+    )
+    return loop, HttpWorker(client, loop)
+
+
+def run_adopting(ctx: Any, tasks: list[RmiTask], adopted: dict[str, Adopted]) -> Scheduler:
+    done: list[Any] = []
+    scheduler = Scheduler(tasks, done.append, ctx.workers, adopted=adopted, job_key="new.1")
+    scheduler.start()
+    return scheduler
+
+
+def test_a_new_driver_adopts_a_held_result_and_a_run_of_an_earlier_driver(tmp_path: Path) -> None:
+    started, go = str(tmp_path / "started"), str(tmp_path / "go")
+    cluster = LocalCluster(workers=1)
+    with cluster as ctx:
+        loop, old = old_driver_worker(cluster)
+        try:
+            assert old.run("old.1/held.1", abs, (-5,), {}, True).result(30) == 5
+            old.run("old.1/running.1", touch_then_wait, (started, go), {}, True)
+            wait_until(lambda: os.path.exists(started), what="the earlier driver's run started")
+        finally:
+            loop.close()  # the earlier driver goes away; its run goes on as an orphan
+        held = RmiTask(ctx, "held", kill_my_worker, (1,))  # would kill the worker if run again
+        running = RmiTask(ctx, "running", kill_my_worker, (1,))
+        total = RmiTask(ctx, "total", operator.add, (ResultOf("held"), ResultOf("running")))
+        total.depends_on(held, running)
+        adopted = {
+            "held": Adopted("local-0", "old.1/held.1", running=False),
+            "running": Adopted("local-0", "old.1/running.1", running=True),
+        }
+        scheduler = run_adopting(ctx, [held, running, total], adopted)
+        assert scheduler.counts().adopted == 1 and scheduler.counts().reattached == 1
+        Path(go).touch()
+        assert scheduler.wait(30) and scheduler.error is None
+        assert held.result() == 5 and running.result() == 14
+        assert total.result() == 19
+        assert [t.run_key for t in (held, running, total)] == [
+            "old.1/held.1",
+            "old.1/running.1",
+            "new.1/total.1",
+        ]
