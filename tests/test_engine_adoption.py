@@ -22,6 +22,7 @@ from bndl.execute.core import (
 from bndl.execute.job import ResultOf, RmiTask, parse_run_key, task_keys
 from bndl.execute.scheduler import Adopted, Scheduler
 from bndl.execute.workers import ThreadWorker
+from bndl.wire.errors import RunNotFound as WireRunNotFound
 
 
 def dispatches(decisions: Sequence[Decision]) -> list[Dispatch]:
@@ -94,7 +95,7 @@ def test_an_adopted_run_that_is_requeued_runs_again() -> None:
 
 
 class RunNotFound(Exception):
-    """Stands for ``bndl.wire.errors.RunNotFound``: the shell matches it by name."""
+    """Like ``bndl.wire.errors.RunNotFound``: the shell matches it by name, not by import."""
 
 
 class AttachingWorker(ThreadWorker):
@@ -166,7 +167,10 @@ def test_an_adopted_run_is_attached_to_not_started_and_its_outcome_accepted() ->
     assert a.executed_on == ["w0"] and a.attempts == 1
 
 
-def test_a_run_the_worker_does_not_know_is_run_again_uncharged() -> None:
+@pytest.mark.parametrize(
+    "not_found", [RunNotFound("old.1/a.1"), WireRunNotFound("old.1/a.1", "w0")]
+)
+def test_a_run_the_worker_does_not_know_is_run_again_uncharged(not_found: Exception) -> None:
     w0 = AttachingWorker("w0")
     a = RmiTask(None, "a", int, ("7",))
     done = Collector()
@@ -174,7 +178,7 @@ def test_a_run_the_worker_does_not_know_is_run_again_uncharged() -> None:
         [a], done, [w0], adopted={"a": Adopted("w0", "old.1/a.1", running=True)}, job_key="new"
     )
     scheduler.start()
-    w0.attached["old.1/a.1"].set_exception(RunNotFound("old.1/a.1"))
+    w0.attached["old.1/a.1"].set_exception(not_found)
     assert done.finished.wait(10)
     assert done.errors == [] and a.result() == 7
     assert a.run_key == "new/a.2"  # the second run of the task, under this driver's key
