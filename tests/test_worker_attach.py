@@ -38,6 +38,7 @@ from tests.test_worker_harness import (
     running_on,
     running_worker,
 )
+from tests.test_worker_peers import dead_url
 from tests.test_worker_tasks import busy
 from tests.waiting import wait_until
 
@@ -262,3 +263,13 @@ def test_http_worker_attach(worker: WorkerProcess, driver: DriverLoop, tmp_path:
         bad.result(10)
     with pytest.raises(RunNotFound):
         w.attach("h/unknown").result(10)
+
+
+def test_http_worker_on_an_unreachable_worker_is_not_connected(driver: DriverLoop) -> None:
+    w = HttpWorker(WorkerClient("nobody", dead_url(), SECRET, driver.session), driver)
+    with pytest.raises(NotConnected, match="nobody"):
+        w.attach("k").result(10)
+    with pytest.raises(NotConnected):
+        w.fetch("k")
+    with pytest.raises(NotConnected):
+        w.held()

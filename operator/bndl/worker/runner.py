@@ -254,7 +254,7 @@ class TaskRunner:
     def _move(self, job: TaskJob, stream: Stream) -> None:
         key = job.task.key
         if job.stream is None:
-            del self._orphans[key]
+            self._orphans.pop(key, None)
         else:
             job.stream.release(key)
         job.stream = stream
@@ -318,7 +318,10 @@ class TaskRunner:
         """Expire orphans every ``interval`` seconds, also when no request comes in."""
         while True:
             await asyncio.sleep(interval)
-            self.expire()
+            try:
+                self.expire()
+            except Exception:  # a bug here must not end the sweep: log it, sweep on
+                log.exception("expiring orphans failed")
 
     def cancel(self, keys: Iterable[str]) -> tuple[list[str], list[str]]:
         """Cancel tasks: returns the keys interrupted and the keys remembered for later."""
