@@ -109,11 +109,32 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------- the defaults
 
 
-def test_defaults_render_one_recreated_operator_with_restricted_security() -> None:
+def test_defaults_render_two_operators_electing_a_leader_with_restricted_security() -> None:
     docs = template()
     deploy = only(docs, "Deployment")
-    assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert deploy["spec"]["replicas"] == 2
+    assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
+    env = {e["name"]: e for e in operator_container(docs)["env"]}
+    assert env["BNDL_LEADER_ELECTION"]["value"] == "true"
+    assert env["BNDL_LEASE_NAME"]["value"] == "bndl-leader"
+    assert env["BNDL_POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["BNDL_MAX_TASKS"]["value"] == "200000"
+    assert env["BNDL_WORKER_MEMORY_LIMIT"]["value"] == "2Gi"
+    pdb = only(docs, "PodDisruptionBudget")
+    assert pdb["spec"]["minAvailable"] == 1
+    assert pdb["spec"]["selector"] == deploy["spec"]["selector"]
+    anti = deploy["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]
+    term = anti["preferredDuringSchedulingIgnoredDuringExecution"][0]["podAffinityTerm"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    [lease_role] = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "bndl-leader"]
+    assert lease_role["metadata"]["namespace"] == "bndl-system"
+    assert rules_of(lease_role) == {
+        ("coordination.k8s.io", "leases"): {"get", "create", "update"}
+    }
+    single = only(template({"replicaCount": 1, "leaderElection.enabled": False}), "Deployment")
+    assert single["spec"]["replicas"] == 1
+    assert not by_kind(template({"replicaCount": 1}), "PodDisruptionBudget")
     pod = deploy["spec"]["template"]["spec"]
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["runAsUser"] == 65532
@@ -243,7 +264,7 @@ def test_cluster_wide_install_binds_one_cluster_role_and_the_node_reader() -> No
         assert b["subjects"] == [
             {"kind": "ServiceAccount", "name": "bndl", "namespace": "bndl-system"}
         ]
-    assert not by_kind(docs, "Role")
+    assert [r["metadata"]["name"] for r in by_kind(docs, "Role")] == ["bndl-leader"]
 
 
 FRAMEWORK_RULES = {
@@ -258,9 +279,9 @@ def test_namespaced_install_uses_a_role_per_namespace() -> None:
     [framework] = by_kind(docs, "ClusterRole")
     assert rules_of(framework) == FRAMEWORK_RULES
     assert len(by_kind(docs, "ClusterRoleBinding")) == 1
-    roles = by_kind(docs, "Role")
+    roles = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "bndl"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["jobs-a", "jobs-b"]
-    bindings = by_kind(docs, "RoleBinding")
+    bindings = [b for b in by_kind(docs, "RoleBinding") if b["metadata"]["name"] == "bndl"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["jobs-a", "jobs-b"]
     args = operator_container(docs)["args"]
     assert "--namespace=jobs-a" in args and "--namespace=jobs-b" in args
@@ -303,6 +324,8 @@ def test_rbac_create_false_renders_no_rbac() -> None:
         ({"watch.namespaces": ["a", "a"]}, "watch.namespaces lists a namespace twice"),
         ({"podSecurityContext.runAsUser": 0}, "the operator never runs as root"),
         ({"securityContext.allowPrivilegeEscalation": True}, "privilege escalation are refused"),
+        ({"leaderElection.enabled": False}, "replicaCount > 1 requires leaderElection.enabled"),
+        ({"leaderElection.renewDeadlineSeconds": 20}, "must be shorter than"),
     ],
 )  # fmt: skip
 def test_bad_values_are_refused_with_a_clear_message(values: dict[str, Any], message: str) -> None:

@@ -13,6 +13,11 @@ from bndl.k8s.settings import DEFAULT_LIVENESS, OperatorSettings, parse
 
 def test_defaults_watch_all_namespaces_with_liveness() -> None:
     s = parse([], environ={})
+    assert s.lease is None and s.max_tasks == 200_000
+    assert s.build.worker_resources == {
+        "requests": {"cpu": "100m", "memory": "256Mi"},
+        "limits": {"memory": "2Gi"},
+    }
     assert s.namespaces == ()
     assert s.liveness == DEFAULT_LIVENESS
     assert s.standalone is True
@@ -63,7 +68,7 @@ class FakeRunner:
 
 def test_liveness_fails_when_a_job_loop_stalls() -> None:
     op = Operator(OperatorSettings())
-    assert op.health() == {"jobs": 0, "loopLagSeconds": 0.0}
+    assert op.health() == {"role": "standby", "jobs": 0, "loopLagSeconds": 0.0}
     op.runners["u1"] = FakeRunner("fresh", time.monotonic())  # type: ignore[assignment]
     assert op.health()["jobs"] == 1
     op.runners["u2"] = FakeRunner("stuck", time.monotonic() - STALL_SECONDS - 1)  # type: ignore[assignment]
@@ -87,3 +92,26 @@ def test_credentials_send_the_service_account_token(tmp_path: Any) -> None:
     assert Credentials(cfg).headers() == {"Authorization": "Bearer abc"}
     cfg.api_key = {}
     assert Credentials(cfg).headers() == {}
+
+
+def test_leader_election_and_worker_resources_from_the_environment() -> None:
+    env = {
+        "BNDL_LEADER_ELECTION": "true",
+        "BNDL_OPERATOR_NAMESPACE": "ops",
+        "BNDL_POD_NAME": "op-0",
+        "BNDL_LEASE_NAME": "lead",
+        "BNDL_WORKER_CPU_REQUEST": "",
+        "BNDL_WORKER_MEMORY_LIMIT": "1Gi",
+        "BNDL_MAX_TASKS": "5000",
+    }
+    s = parse([], environ=env)
+    assert s.lease is not None
+    assert (s.lease.namespace, s.lease.name, s.lease.identity) == ("ops", "lead", "op-0")
+    assert s.lease.renew_deadline < s.lease.lease_duration
+    assert s.max_tasks == 5000
+    assert s.build.worker_resources == {
+        "requests": {"memory": "256Mi"},
+        "limits": {"memory": "1Gi"},
+    }
+    with pytest.raises(SystemExit):
+        parse(["--renew-deadline=20"], environ=env)

@@ -46,6 +46,10 @@ def test_body_reports_counts_summaries_and_bounded_fields() -> None:
         "failed": 0,
         "retried": 1,
         "recomputed": 3,
+        "lostRuns": 0,
+        "workerLosses": 0,
+        "adopted": 0,
+        "reattached": 0,
     }
     assert body["startTime"] == "2026-01-01T12:00:00Z" and body["completionTime"] is None
     json.dumps(body)  # what gets patched is plain JSON

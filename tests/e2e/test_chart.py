@@ -276,23 +276,41 @@ def image_values(target: Target) -> list[str]:
 # ---------------------------------------------------------------------------- waiting helpers
 
 
-def operator_pod(target: Target, ns: str) -> dict[str, Any] | None:
-    """The operator's one pod when it is Running and Ready, else None."""
+REPLICAS = 2
+"""The chart's default replicaCount: a leader and a standby."""
+
+
+def operator_pod(target: Target, ns: str, not_uids: set[str]) -> dict[str, Any] | None:
+    """The leader's pod when all the chart's replicas are Running, Ready and new, else None."""
     pods = target.kubectl_json(
         "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator"
     )["items"]
     live = [p for p in pods if not p["metadata"].get("deletionTimestamp")]
-    if len(live) != 1:
+    if len(live) != REPLICAS or any(p["metadata"]["uid"] in not_uids for p in live):
         return None
-    pod = live[0]
-    conds = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
-    return pod if conds.get("Ready") == "True" else None
+    for pod in live:
+        conds = {c["type"]: c["status"] for c in pod["status"].get("conditions", [])}
+        if conds.get("Ready") != "True":
+            return None
+    leases = target.kubectl_json("get", "leases", "-n", ns)["items"]
+    holders = {(lease.get("spec") or {}).get("holderIdentity") for lease in leases}
+    return next((p for p in live if p["metadata"]["name"] in holders), None)
 
 
-def wait_operator_ready(target: Target, ns: str, not_uid: str | None = None) -> dict[str, Any]:
+def operator_uids(target: Target, ns: str) -> set[str]:
+    pods = target.kubectl_json(
+        "get", "pods", "-n", ns, "-l", "app.kubernetes.io/component=operator"
+    )["items"]
+    return {p["metadata"]["uid"] for p in pods}
+
+
+def wait_operator_ready(
+    target: Target, ns: str, not_uids: set[str] | None = None
+) -> dict[str, Any]:
+    """The leader's pod once the chart's replicas are all Ready (and none of ``not_uids``)."""
+
     def ready() -> dict[str, Any] | None:
-        pod = operator_pod(target, ns)
-        return pod if pod and pod["metadata"]["uid"] != not_uid else None
+        return operator_pod(target, ns, not_uids or set())
 
     try:
         return wait_for(ready, READY_TIMEOUT, f"operator pod Ready in {ns}")
@@ -418,6 +436,8 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
     assert not can_i(target, sa, "list", "secrets", "-A")
     assert not can_i(target, sa, "create", "pods", "-n", jobs_ns)
     assert not can_i(target, sa, "delete", "nodes")
+    assert can_i(target, sa, "update", "leases.coordination.k8s.io", "-n", op_ns)
+    assert not can_i(target, sa, "update", "leases.coordination.k8s.io", "-n", jobs_ns)
 
     # --- a BndlJob runs to Succeeded on worker pods from the worker image, under PSS restricted.
     workers = run_diamond(target, jobs_ns, "diamond", op_ns)
@@ -441,13 +461,13 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
 
     # --- upgrade with changed values: a new operator pod, now watching only the jobs namespace
     # with a Role there (no ClusterRole for jobs), and it still runs jobs.
-    old_uid = pod["metadata"]["uid"]
+    old_uids = operator_uids(target, op_ns)
     t0 = time.monotonic()
     target.helm(
         "upgrade", release, *common,
         "--set", f"watch.namespaces={{{jobs_ns}}}", "--set", "operator.logLevel=debug",
     )  # fmt: skip
-    pod = wait_operator_ready(target, op_ns, not_uid=old_uid)
+    pod = wait_operator_ready(target, op_ns, not_uids=old_uids)
     target.figures.append(f"helm upgrade -> new operator Ready in {time.monotonic() - t0:.1f}s")
     assert "--log-level=DEBUG" in pod["spec"]["containers"][0]["args"]
     assert gone(target, "clusterrole", fullname)

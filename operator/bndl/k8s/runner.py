@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import secrets
+import socket
 import time
 from collections.abc import Callable, Hashable, Mapping
 from concurrent.futures import CancelledError
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -243,7 +246,9 @@ class JobRunner:
         if self.status.start_time is None:
             self.status.restart_clock(self._now())
         self.status.selector = ",".join(f"{k}={v}" for k, v in builders.selector(self.ref).items())
-        self.job = build_job(None, self.plan, results="sinks", keep_all=True)
+        self.job = await asyncio.to_thread(
+            build_job, None, self.plan, results="sinks", keep_all=True
+        )
         self._restore_results()
         await self._reconcile(force=True)
         self._loop = AttachedLoop(self.shared.session)
@@ -267,7 +272,8 @@ class JobRunner:
 
     async def _plan(self) -> JobPlan:
         """The plan, made off the event loop; an invalid or oversized job ends here."""
-        body = dict(self.body)
+        # A snapshot taken on the loop: kopf updates its live view of the object meanwhile.
+        body = copy.deepcopy({key: self.body[key] for key in self.body})
         limit = self.settings.max_tasks
         try:
             plan = await asyncio.to_thread(plan_job, body, max_tasks=limit)
@@ -440,16 +446,21 @@ class JobRunner:
         self._job_done = False
         adopted = await self._adopt()
         workers = self.workers.all()
-        self.scheduler = Scheduler(
-            self.job.tasks,
-            self._on_done,
-            workers,
-            self.plan.concurrency,
-            self.plan.attempts,
-            wait_for_workers=True,
-            job_key=self.job_key,
-            max_worker_losses=self.plan.max_worker_losses,
-            adopted=adopted,
+        self._checkpoint()
+        # Off the loop: a job of 100,000 tasks takes seconds to set up.
+        self.scheduler = await asyncio.to_thread(
+            partial(
+                Scheduler,
+                self.job.tasks,
+                self._on_done,
+                workers,
+                self.plan.concurrency,
+                self.plan.attempts,
+                wait_for_workers=True,
+                job_key=self.job_key,
+                max_worker_losses=self.plan.max_worker_losses,
+                adopted=adopted,
+            )
         )
         self.job.counter = self.scheduler.counts
         counts = self.scheduler.counts()
@@ -480,11 +491,26 @@ class JobRunner:
                 raise JobEnded(Phase.FAILED, Reason.DEADLINE_EXCEEDED, self._deadline_message())
             if self.suspended:
                 self._abort()
-                self.job = _carry_over(self.plan, self.job)
+                self.job = await asyncio.to_thread(_carry_over, self.plan, self.job)
                 self.scheduler = None
                 return False
         await self._job_finished()
         return True
+
+    def _checkpoint(self) -> None:
+        """Which operator runs the job since when: bounded, for people and for the next
+        incarnation (how many there were)."""
+        before = self.status.checkpoint
+        if before.get("incarnation") == self.incarnation:
+            return
+        lease = self.settings.lease
+        self.status.checkpoint = {
+            "incarnation": self.incarnation,
+            "operator": lease.identity if lease is not None else socket.gethostname(),
+            "since": self._now().isoformat(timespec="milliseconds"),
+            "incarnations": int(before.get("incarnations") or 0) + 1,
+        }
+        self.writer.mark()
 
     def _log_first_dispatch(self) -> None:
         assert self.workers is not None
@@ -594,14 +620,17 @@ class JobRunner:
         """The sinks' results (the only ones that came back) into the status, size-capped."""
         assert self.job is not None
         sinks = [t for t in self.job.tasks if not t.dependents and t.succeeded]
-        done: list[tuple[str, Any]] = []
-        for task in sinks:
-            try:
-                value = await asyncio.to_thread(task.result)  # adopted ones are fetched
-            except Exception as e:
-                log.warning("%s: result of %s not read: %s", self.ref.name, task.id, e)
-                continue
-            done.append((str(task.id), value))
+
+        def read() -> list[tuple[str, Any]]:  # off the loop: adopted results are fetched
+            done: list[tuple[str, Any]] = []
+            for task in sinks:
+                try:
+                    done.append((str(task.id), task.result()))
+                except Exception as e:
+                    log.warning("%s: result of %s not read: %s", self.ref.name, task.id, e)
+            return done
+
+        done = await asyncio.to_thread(read)
         self.status.results, self.status.results_omitted = small_results(
             done, [str(t.id) for t in sinks]
         )

@@ -166,19 +166,19 @@ def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--worker-cpu-request",
-        default=_env(environ, "BNDL_WORKER_CPU_REQUEST", "100m"),
+        default=environ.get("BNDL_WORKER_CPU_REQUEST", "100m"),
         help="CPU request of worker containers whose template sets no resources "
         "(env BNDL_WORKER_CPU_REQUEST; empty: none)",
     )
     p.add_argument(
         "--worker-memory-request",
-        default=_env(environ, "BNDL_WORKER_MEMORY_REQUEST", "256Mi"),
+        default=environ.get("BNDL_WORKER_MEMORY_REQUEST", "256Mi"),
         help="memory request of worker containers whose template sets no resources "
         "(env BNDL_WORKER_MEMORY_REQUEST; empty: none)",
     )
     p.add_argument(
         "--worker-memory-limit",
-        default=_env(environ, "BNDL_WORKER_MEMORY_LIMIT", "2Gi"),
+        default=environ.get("BNDL_WORKER_MEMORY_LIMIT", "2Gi"),
         help="memory limit of worker containers whose template sets no resources: a runaway "
         "task becomes an OOMKilled pod (env BNDL_WORKER_MEMORY_LIMIT; empty: none)",
     )
