@@ -7,12 +7,12 @@ decided once. Everything public is listed here; the modules below are private la
 from .calls import CALL_PATTERN, NamedCall, resolve_call, split_call
 from .errors import ManifestError
 from .graph import CycleError, topological_order
+from .jsonvalues import MAX_DEPTH, MAX_VALUES
 from .loader import (
     CEL_RULES_CHECKED,
+    MAX_TASKS_HINT,
     load_plan,
-    parse_manifest,
     plan_job,
-    read_manifest,
     validate_manifest,
 )
 from .markers import FromTask, FromTasks, Marker, references, substitute
@@ -32,6 +32,7 @@ from .model import (
     TaskSpec,
     WorkersSpec,
 )
+from .reading import MAX_ALIAS_VALUES, parse_manifest, read_manifest
 from .schema import crd, crd_schema, json_schema
 
 __all__ = [
@@ -40,6 +41,10 @@ __all__ = [
     "CEL_RULES_CHECKED",
     "GROUP",
     "KIND",
+    "MAX_ALIAS_VALUES",
+    "MAX_DEPTH",
+    "MAX_TASKS_HINT",
+    "MAX_VALUES",
     "PLURAL",
     "VERSION",
     "AwaitWorkers",

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+MAX_SHOWN = 20
+"""Problems ``str(ManifestError)`` lists: it becomes a status condition, which must stay small."""
+
 
 class ManifestError(ValueError):
     """A BndlJob manifest is invalid: ``field`` says where, ``message`` says what to do."""
@@ -29,10 +32,15 @@ class ManifestError(ValueError):
         return (_rebuild, (self.field, self.message, self.errors[1:]))
 
     def __str__(self) -> str:
-        lines = [f"{e.field or '<manifest>'}: {e.message}" for e in self.errors]
-        if len(lines) == 1:
+        shown = self.errors[:MAX_SHOWN]
+        lines = [f"{e.field or '<manifest>'}: {e.message}" for e in shown]
+        if len(self.errors) == 1:
             return lines[0]
-        return f"{len(lines)} problems in the manifest:\n" + "\n".join(f"  {x}" for x in lines)
+        if len(self.errors) > len(shown):
+            lines.append(f"... and {len(self.errors) - len(shown):,} more")
+        return f"{len(self.errors):,} problems in the manifest:\n" + "\n".join(
+            f"  {x}" for x in lines
+        )
 
 
 def _rebuild(field: str, message: str, others: Sequence[ManifestError]) -> ManifestError:

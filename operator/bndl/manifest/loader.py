@@ -10,18 +10,17 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from .calls import resolve_call
 from .errors import ManifestError
-from .expand import Expander
+from .expand import Expander, task_count
 from .graph import CycleError, topological_order
+from .jsonvalues import to_json_values
 from .locality import check_locality
 from .model import (
     API_VERSION,
@@ -33,6 +32,7 @@ from .model import (
     Profiling,
     WorkersSpec,
 )
+from .reading import read_manifest
 from .schema import apply_defaults, crd_schema, schema_errors
 
 PathLike = str | os.PathLike[str]
@@ -47,74 +47,79 @@ CEL_RULES_CHECKED = frozenset(
 """Messages of the CRD's CEL rules that ``validate_manifest`` checks too (a test keeps it whole)."""
 
 
-# libyaml's parser is ~20x faster on large manifests; the pure-Python one is the fallback.
-_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-class _KubectlLikeLoader(_SafeLoader):  # type: ignore[valid-type,misc]
-    """PyYAML's safe loader, plus kubectl's YAML 1.1 reading of unquoted y/Y/n/N as booleans.
-
-    Without this, ``kwargs: {y: 4}`` passes a keyword ``y`` under ``bndl run`` and a key ``true``
-    once kubectl has applied it: the same manifest must mean the same thing in both modes.
-    """
-
-    bool_values = {**yaml.constructor.SafeConstructor.bool_values, "y": True, "n": False}
-
-
-_KubectlLikeLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
-)
-
-
-def parse_manifest(text: str, source: str = "<string>") -> dict[str, Any]:
-    """The BndlJob in YAML ``text``: the only document, or the first with ``kind: BndlJob``.
-
-    Unquoted ``y``/``n`` (like ``yes``/``no``/``on``/``off``) are read as booleans, as kubectl
-    reads them.
-    """
-    try:
-        docs = [d for d in yaml.load_all(text, Loader=_KubectlLikeLoader) if d is not None]
-    except yaml.YAMLError as e:
-        raise ManifestError("", f"{source} is not valid YAML: {e}") from e
-    for doc in docs:
-        if isinstance(doc, dict) and doc.get("kind") == KIND:
-            return doc
-    if len(docs) == 1 and isinstance(docs[0], dict):
-        return docs[0]  # let validation say what is wrong with its kind
-    raise ManifestError("kind", f"{source} holds no BndlJob: add a document with 'kind: {KIND}'")
-
-
-def read_manifest(path: PathLike) -> dict[str, Any]:
-    """``parse_manifest`` of a file."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as e:
-        raise ManifestError("", f"cannot read the manifest {os.fspath(path)!r}: {e}") from e
-    return parse_manifest(text, os.fspath(path))
+MAX_TASKS_HINT = "raise the limit"
+"""How ``plan_job``'s message on a job over ``max_tasks`` ends unless the caller says how."""
 
 
 def validate_manifest(
-    doc: Any, *, check_imports: bool = False, source: PathLike | None = None
+    doc: Any,
+    *,
+    check_imports: bool = False,
+    source: PathLike | None = None,
+    max_tasks: int | None = None,
+    max_tasks_hint: str = MAX_TASKS_HINT,
 ) -> list[ManifestError]:
     """Every problem of a manifest (empty if it is valid). See ``plan_job``."""
-    return _build(doc, check_imports, source)[1]
+    return _build(doc, check_imports, source, _Limit(max_tasks, max_tasks_hint))[1]
 
 
-def plan_job(doc: Any, *, check_imports: bool = False, source: PathLike | None = None) -> JobPlan:
+def plan_job(
+    doc: Any,
+    *,
+    check_imports: bool = False,
+    source: PathLike | None = None,
+    max_tasks: int | None = None,
+    max_tasks_hint: str = MAX_TASKS_HINT,
+) -> JobPlan:
     """The plan of a parsed manifest; raises ManifestError carrying every problem found.
 
     With ``check_imports``, each ``call`` is imported here (``spec.code.pythonPath`` entries are
     resolved against the folder of ``source``, else the working directory, while checking).
+
+    With ``max_tasks``, a job that would expand to more tasks is refused at ``spec.tasks``
+    before any task is made (the count comes from the entries' ``forEach`` sizes);
+    ``max_tasks_hint`` ends the message with how to raise the limit, e.g. "raise the
+    operator's --max-tasks".
     """
-    plan, errors = _build(doc, check_imports, source)
+    plan, errors = _build(doc, check_imports, source, _Limit(max_tasks, max_tasks_hint))
     if errors or plan is None:
         raise ManifestError.collect(errors)
     return plan
 
 
-def load_plan(path: PathLike, *, check_imports: bool = False) -> JobPlan:
+def load_plan(
+    path: PathLike,
+    *,
+    check_imports: bool = False,
+    max_tasks: int | None = None,
+    max_tasks_hint: str = MAX_TASKS_HINT,
+) -> JobPlan:
     """``plan_job`` of a manifest file."""
-    return plan_job(read_manifest(path), check_imports=check_imports, source=path)
+    return plan_job(
+        read_manifest(path),
+        check_imports=check_imports,
+        source=path,
+        max_tasks=max_tasks,
+        max_tasks_hint=max_tasks_hint,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Limit:
+    max_tasks: int | None
+    hint: str
+
+    def problem(self, raw_tasks: Sequence[Mapping[str, Any]]) -> ManifestError | None:
+        if self.max_tasks is None:
+            return None
+        count = task_count(raw_tasks)
+        if count <= self.max_tasks:
+            return None
+        return ManifestError(
+            "spec.tasks",
+            f"the job expands to {count:,} tasks, over the limit of {self.max_tasks:,} tasks: "
+            f"split it into several jobs, or {self.hint}",
+        )
 
 
 @functools.cache
@@ -123,17 +128,22 @@ def _schema() -> dict[str, Any]:
 
 
 def _build(
-    raw: Any, check_imports: bool, source: PathLike | None
+    raw: Any, check_imports: bool, source: PathLike | None, limit: _Limit
 ) -> tuple[JobPlan | None, list[ManifestError]]:
     if not isinstance(raw, Mapping):
         return None, [ManifestError("", "a manifest must be a mapping (apiVersion, kind, ...)")]
-    doc = _plain(raw)
+    doc, errors = to_json_values(raw)
+    if errors:
+        return None, errors
     apply_defaults(doc, _schema())
     errors = list(_header(doc))
     errors.extend(schema_errors(doc))
     if errors:
         return None, errors
     spec = doc["spec"]
+    too_big = limit.problem(spec["tasks"])
+    if too_big is not None:
+        return None, [too_big]
     errors.extend(_cel_rules(spec))
     errors.extend(_keywords(spec))
     for i, task in enumerate(spec["tasks"]):
@@ -160,16 +170,6 @@ def _cycle_error(expander: Expander, cycle: CycleError) -> ManifestError:
         f"dependency cycle: {' -> '.join(cycle.path)} ('->' means 'depends on'): "
         "remove one of these dependencies",
     )
-
-
-def _plain(obj: Any) -> Any:
-    """A deep copy made of dicts and lists only: the API server's objects may arrive as other
-    Mapping/Sequence types (kopf's views), and validation must never change the caller's."""
-    if isinstance(obj, Mapping):
-        return {k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_plain(v) for v in obj]
-    return obj
 
 
 def _header(doc: Mapping[str, Any]) -> Iterator[ManifestError]:
@@ -211,13 +211,7 @@ def _cel_rules(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
 def _keywords(spec: Mapping[str, Any]) -> Iterator[ManifestError]:
     for i, task in enumerate(spec["tasks"]):
         for key in task.get("kwargs", {}):
-            if isinstance(key, bool):
-                yield ManifestError(
-                    f"spec.tasks[{i}].kwargs.{str(key).lower()}",
-                    f"YAML reads this unquoted key (y, n, yes, no, on, off...) as {key}: "
-                    'quote it, e.g. "y": 1',
-                )
-            elif not (isinstance(key, str) and key.isidentifier()):
+            if not key.isidentifier():  # keys are strings (see jsonvalues)
                 yield ManifestError(
                     f"spec.tasks[{i}].kwargs.{key}",
                     f"keyword argument {key!r} is not a Python identifier: pass it in args instead",
