@@ -29,19 +29,39 @@ def manifest(tmp_path: Path, tasks: str, extra: str = "") -> Path:
     return path
 
 
-def test_run_prints_results_as_json_lines() -> None:
+def results(stdout: str) -> dict[str, object]:
+    return {line["task"]: line["result"] for line in map(json.loads, stdout.splitlines())}
+
+
+def test_run_prints_the_sink_tasks_results_as_json_lines() -> None:
     done = bndl("run", "examples/diamond.yaml", "--workers", "2")
     assert done.returncode == 0, done.stderr
-    lines = [json.loads(line) for line in done.stdout.splitlines()]
-    assert {line["task"]: line["result"] for line in lines} == {"a": 3, "b": 9, "c": 7, "d": 16}
+    assert results(done.stdout) == {"d": 16}
     assert "4/4 done" in done.stderr
+
+
+def test_all_results_prints_every_task() -> None:
+    done = bndl("run", "examples/diamond.yaml", "--workers", "2", "--all-results")
+    assert done.returncode == 0, done.stderr
+    assert results(done.stdout) == {"a": 3, "b": 9, "c": 7, "d": 16}
 
 
 def test_wordcount_example() -> None:
     done = bndl("run", "examples/wordcount.yaml", "--workers", "2", "--no-progress")
     assert done.returncode == 0, done.stderr
-    results = {line["task"]: line["result"] for line in map(json.loads, done.stdout.splitlines())}
-    assert results["top"][0] == ["the", 3768] and results["total"] == 16000
+    found = results(done.stdout)
+    assert set(found) == {"top", "total"}  # not the 17 intermediate results
+    assert found["top"] == [["the", 3768], ["of", 1888], ["and", 1245], ["to", 932], ["in", 807]]
+    assert found["total"] == 16000
+
+
+def test_max_tasks_refuses_a_big_job_before_expanding_it(tmp_path: Path) -> None:
+    path = manifest(tmp_path, "    - {id: a, call: 'builtins:abs', forEach: {range: 5}}\n")
+    done = bndl("validate", str(path), "--max-tasks", "4")
+    assert done.returncode == 2
+    assert "spec.tasks: the job expands to 5 tasks, over the limit of 4 tasks" in done.stderr
+    assert "--max-tasks" in done.stderr and "Traceback" not in done.stderr
+    assert bndl("validate", str(path), "--max-tasks", "5").returncode == 0
 
 
 def test_a_cycle_is_reported_with_its_field_before_any_worker_starts(tmp_path: Path) -> None:

@@ -1,8 +1,11 @@
 """The ``bndl`` command: run a BndlJob manifest on worker processes of this machine.
 
 ``bndl run job.yaml`` checks the manifest (schema, ids, cycles, importable functions) before it
-starts any worker, runs the job on a local cluster with a progress bar on stderr, and prints each
-task's result as a JSON line on stdout. ``bndl validate job.yaml`` only checks.
+starts any worker, runs the job on a local cluster with a progress bar on stderr, and prints the
+result of each sink task (one that no other task depends on: the job's answer) as a JSON line on
+stdout; ``--all-results`` prints every task's. ``bndl validate job.yaml`` only checks.
+
+Either refuses a manifest that expands to more than ``--max-tasks`` tasks before making any.
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_INTERRUPTED = 130
 
+DEFAULT_MAX_TASKS = 1_000_000
+"""``--max-tasks`` unless given: a plan of a million tasks takes about a GB on the driver."""
+
+MAX_PROBLEMS_SHOWN = 50
+"""Problems of an invalid manifest printed one per line; the rest are counted."""
+
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bndl", description=__doc__)
@@ -34,33 +43,57 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--concurrency", type=int, help="override spec.concurrency")
     run.add_argument("--attempts", type=int, help="override spec.attempts")
     run.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    run.add_argument(
+        "--all-results",
+        action="store_true",
+        help="print every task's result (default: only those of tasks nothing depends on)",
+    )
     validate = commands.add_parser("validate", help="check a manifest without running it")
     validate.add_argument("manifest", type=Path)
+    for command in (run, validate):
+        command.add_argument(
+            "--max-tasks",
+            type=int,
+            default=DEFAULT_MAX_TASKS,
+            metavar="N",
+            help=f"refuse a job of more than N tasks (default: {DEFAULT_MAX_TASKS:,})",
+        )
     return parser
 
 
-def _load(path: Path) -> JobPlan:
+def _load(path: Path, max_tasks: int) -> JobPlan:
     """The plan, with task functions checked on this machine (code.pythonPath on sys.path)."""
-    plan = load_plan(path, check_imports=False)
+    plan = load_plan(
+        path,
+        check_imports=True,
+        max_tasks=max_tasks,
+        max_tasks_hint="raise the limit with --max-tasks",
+    )
     for entry in reversed(plan.local_python_path()):
         if entry not in sys.path:
             sys.path.insert(0, entry)
-    return load_plan(path, check_imports=True)
+    return plan
 
 
 def _report_invalid(path: Path, error: ManifestError) -> None:
-    errors = error.errors or [error]
+    errors = error.errors or (error,)
     print(
-        f"{path}: invalid BndlJob ({len(errors)} problem(s)); nothing was started:", file=sys.stderr
+        f"{path}: invalid BndlJob ({len(errors):,} problem(s)); nothing was started:",
+        file=sys.stderr,
     )
-    for e in errors:
-        print(f"  {e.field}: {e.message}", file=sys.stderr)
+    for e in errors[:MAX_PROBLEMS_SHOWN]:
+        print(f"  {e.field or '<manifest>'}: {e.message}", file=sys.stderr)
+    if len(errors) > MAX_PROBLEMS_SHOWN:
+        print(f"  ... and {len(errors) - MAX_PROBLEMS_SHOWN:,} more", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.max_tasks < 1:
+        print(f"--max-tasks must be at least 1, not {args.max_tasks}", file=sys.stderr)
+        return EXIT_INVALID
     try:
-        plan = _load(args.manifest)
+        plan = _load(args.manifest, args.max_tasks)
     except FileNotFoundError:
         print(f"{args.manifest}: no such file", file=sys.stderr)
         return EXIT_INVALID
@@ -75,7 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         if value is not None and value < 1:
             print(f"--{name} must be at least 1, not {value}", file=sys.stderr)
             return EXIT_INVALID
-    return run(plan, args.workers, args.concurrency, args.attempts, not args.no_progress)
+    return run(
+        plan,
+        args.workers,
+        args.concurrency,
+        args.attempts,
+        not args.no_progress,
+        all_results=args.all_results,
+    )
+
+
+def sink_ids(plan: JobPlan) -> frozenset[str]:
+    """The tasks no other task depends on: their results are the job's answer."""
+    needed: set[str] = set()
+    for task in plan.tasks:
+        needed.update(task.depends_on)
+    return frozenset(t.id for t in plan.tasks if t.id not in needed)
 
 
 def run(
@@ -84,13 +132,20 @@ def run(
     concurrency: int | None = None,
     attempts: int | None = None,
     progress: bool = True,
+    *,
+    all_results: bool = False,
 ) -> int:
-    """Run ``plan`` on a local cluster; returns the process exit code."""
+    """Run ``plan`` on a local cluster; returns the process exit code.
+
+    Prints the result of each sink task (``sink_ids``) as a JSON line, or of every task with
+    ``all_results``; the others are never fetched.
+    """
     from bndl.jobs import build_job, result_json
     from bndl.local import LocalCluster
     from bndl.progress import ProgressBar
 
     size = workers or plan.workers.replicas or 1
+    printed = None if all_results else sink_ids(plan)
     with LocalCluster(size, python_path=plan.local_python_path()) as ctx:
         job = build_job(ctx, plan)
         results = ctx.execute(
@@ -103,6 +158,8 @@ def run(
         try:
             with bar:
                 for task in results:
+                    if printed is not None and task.id not in printed:
+                        continue
                     line = {"task": task.id, "result": result_json(task.result())}
                     print(json.dumps(line), flush=True)
         except KeyboardInterrupt:
