@@ -82,14 +82,20 @@ def test_ten_thousand_tasks_of_the_squares_example(
     assert st["phase"] == "Succeeded", st
     assert st["tasks"]["succeeded"] == st["tasks"]["total"] == 10_001
     assert st["results"]["total"] == expected(example("squares"))["total"]
-    assert st["resultsOmitted"] > 0  # size-capped: not 10,001 results in the object
+    # Only the sink's result comes back to the operator: the 10,000 squares stay on the workers.
+    assert set(st["results"]) == {"total"} and "resultsOmitted" not in st
     peak = rss_kib(operator.record.pid, "VmHWM")
-    writes = int(
-        job_line(operator, "squares", r"Succeeded \(Succeeded\) after (\d+) API writes").group(1)
+    line = job_line(
+        operator,
+        "squares",
+        r"Succeeded \(Succeeded\) after (\d+) API writes \((\d+) status writes in ([\d.]+) s\)",
     )
+    writes, status_writes, seconds = int(line.group(1)), int(line.group(2)), float(line.group(3))
     elapsed = job_line(operator, "squares", r"first dispatch .* ([\d.]+) s after").group(1)
     MEASUREMENTS.append(
         f"squares.yaml (10,001 tasks): operator RSS {before / 1024:.0f} MiB before, peak "
-        f"{peak / 1024:.0f} MiB (VmHWM of the session); {writes} API writes; first dispatch "
-        f"{elapsed} s after creation"
+        f"{peak / 1024:.0f} MiB (VmHWM of the session); {writes} API writes, of them "
+        f"{status_writes} status writes in {seconds:.1f} s ({status_writes / seconds:.2f}/s); "
+        f"first dispatch {elapsed} s after creation"
     )
+    assert status_writes / seconds <= 1.5  # coalesced: about one per --status-interval

@@ -111,7 +111,7 @@ class Kube:
     @classmethod
     async def connect(cls) -> Kube:
         credentials = Credentials()
-        connector = aiohttp.TCPConnector(ssl=credentials.ssl, limit=64)
+        connector = aiohttp.TCPConnector(ssl=credentials.ssl, limit=256)
         timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=30)
         session = aiohttp.ClientSession(connector=connector, timeout=timeout, read_bufsize=2**20)
         return cls(credentials, session)
