@@ -129,9 +129,7 @@ def test_defaults_render_two_operators_electing_a_leader_with_restricted_securit
     assert term["labelSelector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
     [lease_role] = [r for r in by_kind(docs, "Role") if r["metadata"]["name"] == "bndl-leader"]
     assert lease_role["metadata"]["namespace"] == "bndl-system"
-    assert rules_of(lease_role) == {
-        ("coordination.k8s.io", "leases"): {"get", "create", "update"}
-    }
+    assert rules_of(lease_role) == {("coordination.k8s.io", "leases"): {"get", "create", "update"}}
     single = only(template({"replicaCount": 1, "leaderElection.enabled": False}), "Deployment")
     assert single["spec"]["replicas"] == 1
     assert not by_kind(template({"replicaCount": 1}), "PodDisruptionBudget")

@@ -276,7 +276,15 @@ class JobRunner:
         body = copy.deepcopy({key: self.body[key] for key in self.body})
         limit = self.settings.max_tasks
         try:
-            plan = await asyncio.to_thread(plan_job, body, max_tasks=limit)
+            plan = await asyncio.to_thread(
+                partial(
+                    plan_job,
+                    body,
+                    max_tasks=limit,
+                    max_tasks_hint="raise the operator's limit (--max-tasks, the chart's "
+                    "operator.maxTasks) with its memory limit",
+                )
+            )
             _check_for_kubernetes(plan)
         except ManifestError as e:
             self.status.condition(
