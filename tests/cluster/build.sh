@@ -2,7 +2,7 @@
 # Build everything the real-Kubernetes test cluster needs, idempotently.
 #
 #   tests/cluster/build.sh            # all steps; a warm run only checks stamps and exits
-#   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base)
+#   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base | actionlint)
 #
 # Versions come from tests/cluster/versions.env (the one place they are pinned). Binaries land in
 # ${BNDL_TESTBIN_CACHE:-~/.cache/bndl-testbin}/<versions>/bin, never in the repository. Each step
@@ -157,6 +157,22 @@ build_helm() {
   stamp helm
 }
 
+# --- Go: actionlint (not part of the cluster: tests/test_project.py lints .github/workflows) -----
+# Pinned here rather than in versions.env so that bumping it does not rebuild the cluster's binaries
+# (versions.env names the cache directory); its stamp carries the version instead.
+ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.7.12}"
+step_actionlint() {
+  done_ "actionlint-$ACTIONLINT_VERSION" && [ -x "$BIN/actionlint" ] && return 0
+  log "actionlint v$ACTIONLINT_VERSION"
+  GOBIN="$BIN" go install -trimpath \
+    -ldflags "-s -w -X github.com/rhysd/actionlint.version=v$ACTIONLINT_VERSION" \
+    "github.com/rhysd/actionlint/cmd/actionlint@v$ACTIONLINT_VERSION"
+  local v
+  v=$("$BIN/actionlint" -version)
+  [ "${v%%$'\n'*}" = "v$ACTIONLINT_VERSION" ] || { log "actionlint says: $v"; return 1; }
+  stamp "actionlint-$ACTIONLINT_VERSION"
+}
+
 # --- Debian packages ------------------------------------------------------------------------------
 APT_PACKAGES=(podman runc containernetworking-plugins debootstrap iproute2 nftables conntrack
   util-linux openssl uidmap)
@@ -260,7 +276,7 @@ step_go() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(apt go podman base)
+  [ ${#steps[@]} -gt 0 ] || steps=(apt go podman base actionlint)
   for s in "${steps[@]}"; do "step_$s"; done
 }
 
