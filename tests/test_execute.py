@@ -284,3 +284,22 @@ def test_task_api_basics() -> None:
     t.mark_failed(ValueError("x"))
     assert t.failed and isinstance(t.exception(), ValueError)
     assert repr(t) == "<Task stage.3 failed>"
+
+
+def test_a_run_cancelled_by_its_worker_runs_again_uncharged() -> None:
+    """A worker that shuts down (its pod deleted or scaled away) cancels what it runs: that is not
+    the task's failure, even with attempts=1."""
+    calls: list[int] = []
+
+    def flaky() -> str:
+        calls.append(1)
+        if len(calls) == 1:
+            raise TaskCancelled("the worker is stopping")
+        return "done"
+
+    ctx = ExecutionContext([ThreadWorker("w")])
+    job = Job(ctx, [RmiTask(ctx, "t", flaky)])
+    [done] = list(ctx.execute(job, attempts=1))
+    assert done.result() == "done" and len(calls) == 2
+    counts = job.counts()
+    assert counts is not None and counts.retried == 0

@@ -33,7 +33,7 @@ from typing import Any
 
 from bndl.execute import core
 from bndl.execute.core import FailureKind, SchedulingError, WorkerKilledByTask
-from bndl.execute.exceptions import DependenciesFailed, NotConnected
+from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.execute.job import RmiTask, Task, parse_run_key, task_keys
 from bndl.execute.workers import Worker
 
@@ -334,6 +334,10 @@ class Scheduler:
             self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
         elif isinstance(root, NotConnected):
             self._feed(self._core.task_failed, task_id, run, exc, FailureKind.LOST)
+        elif isinstance(root, TaskCancelled):
+            # Not a cancel of ours (those runs are abandoned, their outcomes ignored): the worker
+            # is shutting down (its pod deleted or scaled away). Not the task's fault.
+            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
         elif isinstance(root, DependenciesFailed):
             self._feed(self._core.dependencies_failed, task_id, run, root.failures)
         elif isinstance(root, FailedDependency):

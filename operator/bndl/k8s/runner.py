@@ -488,7 +488,7 @@ class JobRunner:
         while not self._job_done:
             await self._sleep(self._deadline_left())
             await self._sync_workers()
-            self.workers.rejoin(self.scheduler)
+            await self.workers.rejoin(self.scheduler)
             self._check_storm()
             self.writer.mark()
             if self._job_done:

@@ -9,6 +9,7 @@ Each worker knows how to explain its loss from its pod's last termination state.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -17,14 +18,17 @@ from typing import Any, Protocol
 import aiohttp
 
 from bndl.driver import AttachedLoop, HttpWorker
+from bndl.execute.exceptions import NotConnected
 from bndl.k8s.kube import Kube, KubeError, path
 from bndl.k8s.status import pod_ready, termination_cause
-from bndl.wire import WorkerClient
+from bndl.wire import ProtocolError, WorkerClient
 
 log = logging.getLogger(__name__)
 
 REJOIN_PAUSE = 2.0
 """Least seconds between two attempts to let a worker lost on a connection error join again."""
+PROBE_TIMEOUT = 2.0
+"""Seconds a worker may take to answer the probe before it joins again."""
 
 
 class SchedulerLike(Protocol):
@@ -136,9 +140,11 @@ class WorkerPods:
         worker.loss_cause = loss_cause
         return worker
 
-    def rejoin(self, sched: SchedulerLike) -> None:
+    async def rejoin(self, sched: SchedulerLike) -> None:
         """Workers whose pods are Ready but whom the scheduler lost (a connection failed) join
-        again with a fresh client, at most once per REJOIN_PAUSE."""
+        again with a fresh client once they answer a probe, at most once per REJOIN_PAUSE. A
+        worker that died is not Ready for a moment yet: without the probe, it would be charged
+        again for every task sent to it meanwhile."""
         live = {w.name for w in sched.workers}
         now = time.monotonic()
         for name, (uid, old) in list(self.workers.items()):
@@ -149,6 +155,13 @@ class WorkerPods:
                 continue
             self._rejoined[name] = now
             worker = self._worker(pod, old.labels)
+            try:
+                await asyncio.wait_for(worker.client.health(), PROBE_TIMEOUT)
+            except (NotConnected, ProtocolError, TimeoutError) as e:
+                log.debug("%s: worker %s does not answer yet: %s", self.job, name, e)
+                continue
+            if self.workers.get(name, (None,))[0] != uid:
+                continue  # its pod changed meanwhile
             self.workers[name] = (uid, worker)
             sched.add_worker(worker)
             log.info("%s: worker %s rejoined after a lost connection", self.job, name)
