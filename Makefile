@@ -1,8 +1,12 @@
 # The two commands of the README: `make run` (an example job) and `make test` (everything CI runs).
+# The fast tier for the development loop: `make unit` (lint and every test that needs no cluster
+# and no root; after `make install` once).
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
+# The marker of the tests that need the real Kubernetes of tests/cluster (and root).
+CLUSTER_MARKER := cluster
 
-.PHONY: install run test lint suite cluster-bin
+.PHONY: install run test unit lint suite fast cluster-bin
 
 install:
 	$(PIP) install --quiet --disable-pip-version-check -e '.[dev,operator]'
@@ -16,10 +20,18 @@ lint:
 	mypy
 	lint-imports
 
-# The real Kubernetes for the end-to-end tests (binaries and images cached under ~/.cache).
+# The real Kubernetes for the end-to-end tests (binaries and images cached under ~/.cache), and
+# the tools the suite runs (helm, actionlint).
 cluster-bin:
 	bash tests/cluster/build.sh
 
+# Every test that needs no cluster and no root.
+fast:
+	$(PYTHON) -m pytest -q -m "not $(CLUSTER_MARKER)"
+
+unit: lint fast
+
+# Every test: unit, property, process-level and end-to-end on the test cluster.
 suite:
 	$(PYTHON) -m pytest -q
 

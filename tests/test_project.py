@@ -1,0 +1,99 @@
+"""The development loop itself: the fast tier's selection, the marker, and the CI workflows.
+
+``make unit`` runs lint and every test that needs no cluster and no root, selected with
+``-m "not cluster"``; these tests keep that selection honest (nothing under tests/cluster or
+tests/e2e slips into the fast tier) and lint the GitHub workflows with actionlint, the binary
+``tests/cluster/build.sh`` caches beside the cluster's.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.cluster import config as cluster_config
+
+REPO = Path(__file__).resolve().parents[1]
+WORKFLOWS = REPO / ".github" / "workflows"
+CLUSTER_TEST_DIRS = ("tests/cluster", "tests/e2e")
+COLLECT_FAST_TIER = ("--collect-only", "-q", "-p", "no:cacheprovider", "-m", "not cluster")
+
+
+def actionlint_binary() -> str | None:
+    """``BNDL_ACTIONLINT``, else the one build.sh caches, else ``actionlint`` on PATH."""
+    explicit = os.environ.get("BNDL_ACTIONLINT")
+    if explicit:
+        return explicit
+    cached = cluster_config.BIN / "actionlint"
+    if cached.exists():
+        return str(cached)
+    return shutil.which("actionlint")
+
+
+def test_the_workflows_pass_actionlint() -> None:
+    binary = actionlint_binary()
+    if binary is None:
+        pytest.skip("no actionlint: run `bash tests/cluster/build.sh actionlint` (make test does)")
+    files = sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
+    assert files, f"no workflows in {WORKFLOWS}"
+    proc = subprocess.run(
+        [binary, "-no-color", *(str(f.relative_to(REPO)) for f in files)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0 and not proc.stdout.strip(), proc.stdout + proc.stderr
+
+
+def test_ci_runs_the_fast_tier_and_the_kind_end_to_end_job() -> None:
+    ci = (WORKFLOWS / "ci.yml").read_text()
+    assert "make unit" in ci
+    assert "pull_request" in ci and "push" in ci
+    assert (WORKFLOWS / "e2e-kind.yml").exists()
+
+
+def test_every_cluster_and_end_to_end_test_carries_the_cluster_marker() -> None:
+    """Collected with the fast tier's selection, tests/cluster and tests/e2e yield nothing."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", *COLLECT_FAST_TIER, *CLUSTER_TEST_DIRS],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    unmarked = [line for line in proc.stdout.splitlines() if "::" in line]
+    assert not unmarked, "tests without the `cluster` marker:\n" + "\n".join(unmarked)
+    # Exit code 5 is pytest's "no tests collected"; anything else is a collection error.
+    assert proc.returncode == 5, proc.stdout + proc.stderr
+
+
+def make_dry_run(target: str) -> list[str]:
+    if shutil.which("make") is None:
+        pytest.skip("no make on PATH")
+    proc = subprocess.run(
+        ["make", "-n", target], cwd=REPO, capture_output=True, text=True, timeout=30, check=True
+    )
+    return proc.stdout.splitlines()
+
+
+def test_make_unit_is_lint_and_the_tests_without_the_cluster_marker() -> None:
+    lines = make_dry_run("unit")
+    pytest_lines = [line for line in lines if "-m pytest" in line]
+    assert pytest_lines == [pytest_lines[0]] and '-m "not cluster"' in pytest_lines[0], lines
+    for tool in ("ruff check .", "ruff format --check .", "mypy", "lint-imports"):
+        assert tool in lines, f"make unit does not run {tool!r}: {lines}"
+    assert not any("build.sh" in line or "pip install" in line for line in lines), lines
+
+
+def test_make_test_still_runs_everything_after_building_the_cluster() -> None:
+    lines = make_dry_run("test")
+    pytest_lines = [line for line in lines if "-m pytest" in line]
+    assert len(pytest_lines) == 1 and " -m " not in pytest_lines[0].split("pytest", 1)[1], lines
+    build = next(i for i, line in enumerate(lines) if "tests/cluster/build.sh" in line)
+    assert build < lines.index(pytest_lines[0]), "build.sh (which builds actionlint) runs first"
