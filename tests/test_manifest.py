@@ -684,3 +684,22 @@ def test_every_cel_rule_is_also_checked_locally() -> None:
     messages = {rule["message"] for rule in rules if "oldSelf" not in rule["rule"]}
     assert messages and messages == set(CEL_RULES_CHECKED)
     assert any("oldSelf" in rule["rule"] for rule in rules)
+
+
+def test_max_tasks_counts_ranges_values_and_single_tasks() -> None:
+    doc = job(
+        task("a"),
+        task("b", forEach={"range": 3}),
+        task("c", forEach={"values": [1, 2]}),
+    )
+    assert len(plan_job(doc, max_tasks=6).tasks) == 6
+    assert len(plan_job(doc).tasks) == 6  # no limit unless asked
+    field, message = only_problem(doc, max_tasks=5)
+    assert field == "spec.tasks"
+    assert message == (
+        "the job expands to 6 tasks, over the limit of 5 tasks: split it into several jobs, "
+        "or raise the limit"
+    )
+    # a schema problem is reported as such, not hidden behind the size
+    doc["spec"]["concurrency"] = 0
+    assert fields(doc, max_tasks=5) == ["spec.concurrency"]

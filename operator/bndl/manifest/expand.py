@@ -24,7 +24,7 @@ _EXPANDED = re.compile(r"^(.*)-(0|[1-9][0-9]*)$")
 _TASK_KEYS = ("fromTask", "all", "sameIndex")
 _CHECK_SPELLING = "check the spelling of the task id"
 
-MAX_SUGGESTIONS = 20
+MAX_SUGGESTIONS = 10
 """Unknown task ids that get a "did you mean"; the others are reported without one."""
 
 
