@@ -158,8 +158,8 @@ build_helm() {
 }
 
 # --- Go: actionlint (not part of the cluster: tests/test_project.py lints .github/workflows) -----
-# Pinned here rather than in versions.env so that bumping it does not rebuild the cluster's binaries
-# (versions.env names the cache directory); its stamp carries the version instead.
+# Not part of the cache directory's key: its stamp carries the version, so bumping it rebuilds
+# actionlint alone.
 ACTIONLINT_VERSION="${ACTIONLINT_VERSION:-1.7.12}"
 step_actionlint() {
   done_ "actionlint-$ACTIONLINT_VERSION" && [ -x "$BIN/actionlint" ] && return 0
