@@ -233,6 +233,8 @@ def test_hundred_jobs_at_once(home: ChartOperator) -> None:
                 {"id": "b", "call": "bndl_examples.diamond:square", "args": [{"fromTask": "a"}]},
             ],
             workers=small_workers(1),
+            # 100 pods start on the test cluster's 2 cores: give them time.
+            awaitWorkers={"connectTimeoutSeconds": 800},
         )
         for i in range(n)
     ]
