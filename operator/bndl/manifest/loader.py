@@ -8,7 +8,9 @@ local file never met one), ids and references, locality, importable functions, a
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import gc
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -161,7 +163,24 @@ def _build(
         return None, errors
     if errors:
         return None, errors
-    return _plan(doc, list(expander.tasks(order)), source), []
+    with _gc_paused():
+        tasks = list(expander.tasks(order))
+    return _plan(doc, tasks, source), []
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Stamping a million tasks makes millions of containers, and each 700 of them start a cyclic
+    collection that walks the young objects (and every so often all of them): with the collector
+    paused, planning is about twice as fast. The plan has no cycles for it to find meanwhile."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _cycle_error(expander: Expander, cycle: CycleError) -> ManifestError:
