@@ -96,38 +96,52 @@ def to_json_values(doc: Any) -> tuple[Any, list[ManifestError]]:
     """
     errors: list[ManifestError] = []
     root: list[Any] = [None]
-    stack: list[_Todo] = [(doc, root, 0, None, 0)]
+    stack: list[_Todo] = []
     count = 0
-    while stack:
-        value, into, key, link, depth = stack.pop()
-        count += 1
-        if count > MAX_VALUES:
-            message = f"the manifest holds more than {MAX_VALUES:,} values: split the job"
-            return None, [*errors, ManifestError("", message)]
-        if isinstance(value, Mapping | list | tuple):
-            if depth >= MAX_DEPTH:
-                message = (
-                    f"nested more than {MAX_DEPTH} levels deep (or contains itself): a manifest "
-                    "is never that deep, flatten the data"
-                )
-                return None, [*errors, ManifestError(_path(link), message)]
-            if isinstance(value, Mapping):
-                out: Any = {}
-                children: list[_Todo] = []
-                for k, v in value.items():
-                    if not isinstance(k, str):
-                        errors.append(ManifestError(_path((link, _key_text(k))), _key_problem(k)))
-                        k = _key_text(k)
-                    out[k] = None  # keeps the order of the keys
-                    children.append((v, out, k, (link, k), depth + 1))
-            else:
-                out = [None] * len(value)
-                children = [(v, out, i, (link, i), depth + 1) for i, v in enumerate(value)]
-            into[key] = out
-            stack.extend(reversed(children))
+
+    def put(into: Any, key: Any, value: Any, link: _Link, depth: int) -> None:
+        kind = type(value)
+        # the common scalars are copied here, without a trip through the stack
+        if kind is str or kind is bool or value is None or (kind is int and abs(value) < _INT64):
+            into[key] = value
+        elif isinstance(value, dict | list | tuple | Mapping):
+            into[key] = None  # keeps the order of the keys
+            stack.append((value, into, key, (link, key), depth))
         else:
             problem = _leaf_problem(value)
             if problem is not None:
-                errors.append(ManifestError(_path(link), problem))
+                errors.append(ManifestError(_path((link, key)), problem))
             into[key] = value
+
+    if isinstance(doc, dict | list | tuple | Mapping):
+        stack.append((doc, root, 0, None, 0))
+    else:
+        root[0] = doc
+    while stack:
+        value, into, key, link, depth = stack.pop()
+        if depth >= MAX_DEPTH:
+            message = (
+                f"nested more than {MAX_DEPTH} levels deep (or contains itself): a manifest "
+                "is never that deep, flatten the data"
+            )
+            return None, [*errors, ManifestError(_path(link), message)]
+        count += len(value)
+        if count > MAX_VALUES:
+            message = f"the manifest holds more than {MAX_VALUES:,} values: split the job"
+            return None, [*errors, ManifestError("", message)]
+        start = len(stack)
+        if isinstance(value, dict | Mapping):
+            out: Any = {}
+            into[key] = out
+            for k, v in value.items():
+                if type(k) is not str:
+                    errors.append(ManifestError(_path((link, _key_text(k))), _key_problem(k)))
+                    k = _key_text(k)
+                put(out, k, v, link, depth + 1)
+        else:
+            out = [None] * len(value)
+            into[key] = out
+            for i, v in enumerate(value):
+                put(out, i, v, link, depth + 1)
+        stack[start:] = reversed(stack[start:])  # the first child is copied (and checked) first
     return root[0], errors

@@ -129,6 +129,23 @@ def _schema() -> dict[str, Any]:
     return crd_schema()
 
 
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    """Copying a large manifest or stamping a million tasks makes millions of containers, and each
+    700 of them start a cyclic collection that walks the young objects (and every so often all of
+    them): with the collector paused, planning is about twice as fast. What planning makes has no
+    cycles for it to find meanwhile."""
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@_gc_paused()
 def _build(
     raw: Any, check_imports: bool, source: PathLike | None, limit: _Limit
 ) -> tuple[JobPlan | None, list[ManifestError]]:
@@ -163,24 +180,7 @@ def _build(
         return None, errors
     if errors:
         return None, errors
-    with _gc_paused():
-        tasks = list(expander.tasks(order))
-    return _plan(doc, tasks, source), []
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Stamping a million tasks makes millions of containers, and each 700 of them start a cyclic
-    collection that walks the young objects (and every so often all of them): with the collector
-    paused, planning is about twice as fast. The plan has no cycles for it to find meanwhile."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
+    return _plan(doc, list(expander.tasks(order)), source), []
 
 
 def _cycle_error(expander: Expander, cycle: CycleError) -> ManifestError:
