@@ -277,6 +277,37 @@ def test_the_size_of_a_job_is_bounded_before_expansion() -> None:
     assert peak_mb(lambda: plan_job(doc, max_tasks=200_000)) < 50
 
 
+PATHS = {
+    ("spec", "tasks"): "spec.tasks",
+    ("spec", "tasks", 0, "id"): "spec.tasks[0].id",
+    ("spec", "tasks", 0, "call"): "spec.tasks[0].call",
+    ("spec", "tasks", 1, "locality", "required"): "spec.tasks[1].locality.required",
+}
+
+
+@pytest.mark.parametrize(
+    ("where", "value", "message"),
+    [
+        (("spec", "tasks"), [{"id": "a", "call": "m:f"}] * 100_000, "has 100,000 items"),
+        (("spec", "tasks", 0, "id"), "a" * 10_000_000, "has 10,000,000 characters"),
+        (("spec", "tasks", 0, "call"), "m." * 5_000_000 + ":f", "has 10,000,002 characters"),
+        (
+            ("spec", "tasks", 1, "locality", "required"),
+            {f"k{i}": "v" for i in range(100_000)},
+            "has 100,000 entries, more than the 16 allowed",
+        ),
+    ],
+)
+def test_oversized_values_are_refused_without_being_read_through(
+    where: tuple[str | int, ...], value: Any, message: str
+) -> None:
+    error = timed(lambda: plan_job(plant(skeleton(), where, value)))
+    assert isinstance(error, ManifestError)
+    assert error.field == PATHS[where]
+    assert message in error.message
+    assert len(str(error)) < 200  # the value is not quoted
+
+
 def test_the_cli_in_a_real_process(tmp_path: Path) -> None:
     bad = tmp_path / "bomb.yaml"
     bad.write_text(billion_laughs())

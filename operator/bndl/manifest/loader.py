@@ -35,7 +35,7 @@ from .model import (
     WorkersSpec,
 )
 from .reading import read_manifest
-from .schema import apply_defaults, crd_schema, schema_errors
+from .schema import apply_defaults, crd_schema, schema_errors, size_errors
 
 PathLike = str | os.PathLike[str]
 
@@ -154,6 +154,9 @@ def _build(
     doc, errors = to_json_values(raw)
     if errors:
         return None, errors
+    oversized = size_errors(doc)  # before the defaults are filled into 100,000 task entries
+    if oversized:
+        return None, [*_header(doc), *oversized]
     apply_defaults(doc, _schema())
     errors = list(_header(doc))
     errors.extend(schema_errors(doc))

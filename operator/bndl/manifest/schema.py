@@ -145,7 +145,7 @@ def schema_errors(doc: Any) -> list[ManifestError]:
     Lists, maps and strings over the schema's size limits are reported alone (see
     ``size_errors``): the rest of the schema is not checked on such a document.
     """
-    too_big = size_errors(doc, _json_schema())
+    too_big = size_errors(doc)
     if too_big:
         return too_big
     validator = _validator()
@@ -156,7 +156,7 @@ def schema_errors(doc: Any) -> list[ManifestError]:
     return errors
 
 
-def size_errors(instance: Any, schema: Mapping[str, Any]) -> list[ManifestError]:
+def size_errors(instance: Any, schema: Mapping[str, Any] | None = None) -> list[ManifestError]:
     """Lists, maps and strings longer than the schema's ``maxItems``, ``maxProperties`` and
     ``maxLength``, found without looking inside them.
 
@@ -166,7 +166,8 @@ def size_errors(instance: Any, schema: Mapping[str, Any]) -> list[ManifestError]
     the schema allows.
     """
     errors: list[ManifestError] = []
-    stack: list[tuple[Any, Mapping[str, Any], str]] = [(instance, schema, "")]
+    root = _json_schema() if schema is None else schema
+    stack: list[tuple[Any, Mapping[str, Any], str]] = [(instance, root, "")]
     while stack:
         value, node, path = stack.pop()
         if isinstance(value, str):
