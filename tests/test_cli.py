@@ -7,6 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from bndl.cli import main, sink_ids
+from bndl.manifest import load_plan
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -105,3 +110,24 @@ def test_validate_accepts_the_examples() -> None:
         done = bndl("validate", f"examples/{example}.yaml")
         assert done.returncode == 0, done.stderr
         assert "valid BndlJob" in done.stdout
+
+
+def test_sink_ids_are_the_tasks_nothing_depends_on() -> None:
+    assert sink_ids(load_plan(ROOT / "examples" / "diamond.yaml")) == {"d"}
+    assert sink_ids(load_plan(ROOT / "examples" / "wordcount.yaml")) == {"top", "total"}
+
+
+def test_max_tasks_must_be_positive(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["validate", str(ROOT / "examples" / "diamond.yaml"), "--max-tasks", "0"]) == 2
+    assert "--max-tasks must be at least 1, not 0" in capsys.readouterr().err
+    assert main(["validate", str(ROOT / "examples" / "diamond.yaml"), "--max-tasks", "3"]) == 2
+    assert "the job expands to 4 tasks, over the limit of 3 tasks" in capsys.readouterr().err
+
+
+def test_many_problems_are_summarised(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    deps = ", ".join(f"n{i}" for i in range(60))
+    path = manifest(tmp_path, f"    - {{id: a, call: 'builtins:abs', dependsOn: [{deps}]}}\n")
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "(60 problem(s))" in err and err.rstrip().endswith("... and 10 more")
+    assert len(err.splitlines()) == 1 + 50 + 1
