@@ -288,6 +288,27 @@ PATHS = {
 }
 
 
+def test_the_dependencies_of_a_job_are_bounded_before_expansion() -> None:
+    doc = skeleton()
+    # 200 fan-outs of 1,000 tasks, each depending on the 100 before it: 2 x 10^10 dependencies
+    # (the schema allows 1,000 entries: 10^11)
+    doc["spec"]["tasks"] = [
+        {
+            "id": f"e{i}",
+            "call": "operator:add",
+            "forEach": {"range": 1000},
+            "dependsOn": [f"e{j}" for j in range(max(0, i - 100), i)],
+        }
+        for i in range(200)
+    ]
+    found = timed(lambda: validate_manifest(doc, max_tasks=1_000_000))
+    assert [e.field for e in found] == ["spec.tasks[5].dependsOn[0]"]
+    assert "more than 10,000,000 times" in found[0].message
+    assert "each of 1,000 tasks depends on the 1,000 tasks of 'e0'" in found[0].message
+    doc["spec"]["tasks"] = doc["spec"]["tasks"][:5]  # 10,000,000: at the limit
+    assert len(timed(lambda: plan_job(doc)).tasks) == 5000
+
+
 @pytest.mark.parametrize(
     ("where", "value", "message"),
     [

@@ -24,6 +24,11 @@ _EXPANDED = re.compile(r"^(.*)-(0|[1-9][0-9]*)$")
 _TASK_KEYS = ("fromTask", "all", "sameIndex")
 _CHECK_SPELLING = "check the spelling of the task id"
 
+MAX_DEPENDENCIES = 10_000_000
+"""Most dependencies among the tasks of one job (a task depending on a fan-out of 1,000 tasks
+counts 1,000): each costs the scheduler memory, and 1,000 fan-outs of 1,000 tasks, each depending on
+the 100 before it, would be 10^11 of them in a manifest the schema accepts."""
+
 MAX_SUGGESTIONS = 10
 """Unknown task ids that get a "did you mean"; the others are reported without one."""
 
@@ -53,6 +58,8 @@ class Entry:
     ids: tuple[str, ...] = ()
     """The ids of the tasks it expands to."""
     static_deps: set[str] = field(default_factory=set)
+    fan_ins: set[str] = field(default_factory=set)
+    """Fan-out entries all of whose tasks are in ``static_deps``."""
     """Task ids every one of its tasks depends on."""
     same_index: set[str] = field(default_factory=set)
     """Fan-out entries whose task with the same index each of its tasks depends on."""
@@ -101,6 +108,9 @@ class Expander:
         self.entries: dict[str, Entry] = {}
         self.origin: dict[str, str] = {}
         self._suggestions: dict[str, str] = {}
+        self.dependencies = 0
+        self._too_many = False
+        """Task-level dependencies so far: what the scheduler will hold in memory."""
         for i, raw in enumerate(raw_tasks):
             entry = Entry(i, raw, fan_out_items(raw))
             if entry.id in self.entries:
@@ -192,10 +202,37 @@ class Expander:
             if name == entry.id:
                 continue  # reported by the CRD's CEL rule (checked in loader)
             target = self._resolve(entry, name, join_path(field, j))
-            if isinstance(target, Entry):
-                entry.static_deps.update(target.ids)
-            elif target is not None:
-                entry.static_deps.add(target)
+            if target is not None:
+                self._depend(entry, target, join_path(field, j))
+
+    def _depend(self, entry: Entry, target: Entry | str, field: str) -> None:
+        """Make every task of ``entry`` depend on task ``target`` or on all tasks of fan-out
+        ``target``, unless the job's dependencies pass MAX_DEPENDENCIES (then say so, once)."""
+        if isinstance(target, Entry):
+            if target.id in entry.fan_ins:
+                return
+            size = len(target.ids)
+        elif target in entry.static_deps:
+            return
+        else:
+            size = 1
+        self.dependencies += size * len(entry.ids)
+        if self.dependencies > MAX_DEPENDENCIES:
+            if not self._too_many:
+                self._too_many = True
+                whom = f"the {size:,} tasks of {target.id!r}" if isinstance(target, Entry) else "it"
+                self._fail(
+                    field,
+                    "the job's tasks depend on other tasks more than "
+                    f"{MAX_DEPENDENCIES:,} times (here each of {len(entry.ids):,} tasks "
+                    f"depends on {whom}): let one task reduce a fan-out, and depend on that",
+                )
+            return
+        if isinstance(target, Entry):
+            entry.fan_ins.add(target.id)
+            entry.static_deps.update(target.ids)
+        else:
+            entry.static_deps.add(target)
 
     def _compile(self, entry: Entry, obj: Any, field: str) -> Any:
         if isinstance(obj, list):
@@ -234,10 +271,10 @@ class Expander:
                     join_path(field, flag),
                     f"{flag} applies to fan-outs only, and {name!r} is a single task: remove it",
                 )
-            entry.static_deps.add(target)
+            self._depend(entry, target, join_path(field, "fromTask"))
             return FromTask(target)
         if all_:
-            entry.static_deps.update(target.ids)
+            self._depend(entry, target, join_path(field, "fromTask"))
             return FromTasks(target.ids)
         if same:
             return self._same_index(entry, target, field)
