@@ -6,6 +6,7 @@ decided once. Everything public is listed here; the modules below are private la
 
 from .calls import CALL_PATTERN, NamedCall, resolve_call, split_call
 from .errors import ManifestError
+from .expand import MAX_DEPENDENCIES
 from .graph import CycleError, topological_order
 from .jsonvalues import MAX_DEPTH, MAX_VALUES
 from .loader import (
@@ -42,6 +43,7 @@ __all__ = [
     "GROUP",
     "KIND",
     "MAX_ALIAS_VALUES",
+    "MAX_DEPENDENCIES",
     "MAX_DEPTH",
     "MAX_TASKS_HINT",
     "MAX_VALUES",

@@ -1,9 +1,14 @@
 """From a BndlJob manifest (YAML text, a file, or the object the API server hands the operator) to
 a ``JobPlan``, reporting every problem at once.
 
-Order of checks: the document's header, the CRD schema (with defaults applied, unknown keys
-reported), then what a schema cannot say: the CRD's CEL rules again (the API server runs them, a
-local file never met one), ids and references, locality, importable functions, and cycles.
+Order of checks: JSON values only (no keys that are not strings, no NaN, dates or nesting deeper
+than MAX_DEPTH: see ``jsonvalues``), sizes over the schema's limits (found without reading
+through them), the document's header, the CRD schema (with defaults applied, unknown keys
+reported), the number of tasks against ``max_tasks`` (counted from the entries, before any task
+is made), then what a schema cannot say: the CRD's CEL rules again (the API server runs them, a
+local file never met one), ids and references (at most MAX_DEPENDENCIES among tasks), locality,
+importable functions, and cycles. Each step's cost is bounded by what the steps before it
+accepted, so no document, however made, costs time or memory out of proportion to its text.
 """
 
 from __future__ import annotations
