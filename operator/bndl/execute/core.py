@@ -36,10 +36,13 @@ import heapq
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 TaskId: TypeAlias = Hashable
 WorkerName: TypeAlias = str
+# A parameter keyed by task ids takes Mapping[TaskIds, ...], not Mapping[TaskId, ...]: Mapping is
+# invariant in its key, so the latter would refuse a caller's dict[str, ...].
+TaskIds = TypeVar("TaskIds", bound=Hashable)
 
 # Task states.
 _BLOCKED = 0  # waiting for dependencies (or for lost outputs to be recomputed)
@@ -198,12 +201,12 @@ class SchedulerCore:
         *,
         concurrency: int = 1,
         attempts: int = 1,
-        locality: Mapping[TaskId, Mapping[WorkerName, float]] | None = None,
+        locality: Mapping[TaskIds, Mapping[WorkerName, float]] | None = None,
         succeeded: Iterable[TaskId] = (),
         wait_for_workers: bool = False,
         max_worker_losses: int = 3,
-        held: Mapping[TaskId, WorkerName] | None = None,
-        running: Mapping[TaskId, WorkerName] | None = None,
+        held: Mapping[TaskIds, WorkerName] | None = None,
+        running: Mapping[TaskIds, WorkerName] | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -440,7 +443,7 @@ class SchedulerCore:
         return self._finish_step(out)
 
     def worker_added(
-        self, worker: WorkerName, locality: Mapping[TaskId, float] | None = None
+        self, worker: WorkerName, locality: Mapping[TaskIds, float] | None = None
     ) -> list[Decision]:
         """A worker joined (or came back); ``locality`` maps task ids to its locality there."""
         out: list[Decision] = []

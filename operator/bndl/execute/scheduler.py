@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any
 
 from bndl.execute import core
-from bndl.execute.core import FailureKind, SchedulingError, WorkerKilledByTask
+from bndl.execute.core import FailureKind, SchedulingError, TaskIds, WorkerKilledByTask
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.execute.job import RmiTask, Task, parse_run_key, task_keys
 from bndl.execute.workers import Worker
@@ -90,7 +90,7 @@ def root_exc(exc: BaseException) -> BaseException:
     return exc
 
 
-Done = Callable[[Any], None]
+Done = Callable[[Any], object]
 
 
 class Scheduler:
@@ -114,7 +114,7 @@ class Scheduler:
         wait_for_workers: bool = False,
         job_key: str | None = None,
         max_worker_losses: int = 3,
-        adopted: Mapping[Hashable, Adopted] | None = None,
+        adopted: Mapping[TaskIds, Adopted] | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("a job needs at least one task")
@@ -157,7 +157,7 @@ class Scheduler:
             t.add_listener(self._on_marked)
 
     def _adopt(
-        self, adopted: Mapping[Hashable, Adopted]
+        self, adopted: Mapping[TaskIds, Adopted]
     ) -> tuple[dict[Hashable, str], dict[Hashable, Adopted]]:
         """Mark held results as succeeded on their workers; the held and the running tasks."""
         held: dict[Hashable, str] = {}

@@ -11,7 +11,7 @@ and the completions are routed back to the calls they belong to. Failures of the
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Sequence
 
 from bndl.wire.tasks import Completion, TaskItem
 
@@ -31,7 +31,7 @@ class Coalescer:
         self._scheduled = False
         self._requests: set[asyncio.Task[None]] = set()
 
-    async def run(self, encoded: Sequence[Encoded]) -> AsyncIterator[Completion]:
+    async def run(self, encoded: Sequence[Encoded]) -> AsyncGenerator[Completion, None]:
         """The completions of ``encoded`` (keys unique among them), as they arrive."""
         outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
         for item, blob in encoded:
