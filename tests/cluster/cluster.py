@@ -331,8 +331,11 @@ class Cluster:
         rec = self.procs.get("kube-apiserver")
         return rec is not None and rec.alive()
 
-    def stop_apiserver(self, timeout: float = 20) -> None:
+    def stop_apiserver(self, timeout: float = 10) -> None:
         """Stop kube-apiserver (SIGTERM, SIGKILL after ``timeout``) and return once it is gone.
+
+        It refuses new requests right after SIGTERM, but its graceful shutdown waits for the open
+        watches of the kubelets and controllers and outlasted 20 s when measured: SIGKILL ends it.
 
         Everything else keeps running: etcd, the forwarder (which then closes each connection it
         accepts), the kubelets and their pods, KCM, scheduler, kube-proxy and CoreDNS, which all

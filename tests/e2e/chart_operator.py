@@ -174,7 +174,7 @@ class ChartOperator:
             *image_values(self.operator_image, self.worker_image, self.pull_policy),
         ]  # fmt: skip
         if replicas is not None:
-            args += ["--set", f"replicas={replicas}"]
+            args += ["--set", f"replicaCount={replicas}"]
         for a in set_args:
             args += ["--set", a]
         return [*args, "--wait", "--timeout", f"{READY_TIMEOUT}s"]
