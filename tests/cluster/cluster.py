@@ -334,8 +334,8 @@ class Cluster:
     def stop_apiserver(self, timeout: float = 10) -> None:
         """Stop kube-apiserver (SIGTERM, SIGKILL after ``timeout``) and return once it is gone.
 
-        It refuses new requests right after SIGTERM, but its graceful shutdown waits for the open
-        watches of the kubelets and controllers and outlasted 20 s when measured: SIGKILL ends it.
+        Its graceful shutdown did not end within 20 s of SIGTERM when measured (probably held up
+        by the open watches of kubelets and controllers), so in practice SIGKILL ends it.
 
         Everything else keeps running: etcd, the forwarder (which then closes each connection it
         accepts), the kubelets and their pods, KCM, scheduler, kube-proxy and CoreDNS, which all

@@ -8,10 +8,9 @@ own, both enforcing the restricted Pod Security Standard: ``op-<hex>`` for the r
 ``jobs-<hex>`` for BndlJobs, the only namespace it watches. Neither starts with ``t-``, so the
 session's process operator (which watches ``t-*``) never touches these jobs.
 
-Use it as a plugin (``pytest_plugins = ["tests.e2e.chart_operator"]`` in a test module or the
-root conftest) to get the fixtures ``operator_image`` (session) and ``chart_operator``
-(function: installed with the chart's defaults, uninstalled and cleaned up afterwards, with the
-cluster's view and the operator's logs attached to the report of a failed test).
+Fixtures (tests/e2e/conftest.py imports them for every e2e test): ``operator_image`` (session)
+and ``chart_operator`` (function: installed with the chart's defaults, uninstalled and cleaned up
+afterwards, with the cluster's view and the operator's logs attached to a failed test's report).
 
 The chart-level helpers (:data:`RESTRICTED`, :func:`split_image`, :func:`image_values`,
 :func:`restricted_namespace`, :func:`release_finalizers`, :func:`diamond`) do not depend on how the
