@@ -236,3 +236,46 @@ def test_the_scheduler_names_runs_after_their_tasks() -> None:
     assert done.finished.wait(10)
     assert [t.run_key for t in tasks] == ["uid12345.r1/first.1", "uid12345.r1/second.1"]
     assert [parse_run_key("uid12345", t.run_key) for t in tasks] == ["first", "second"]
+
+
+def test_a_detached_scheduler_dispatches_cancels_and_releases_nothing() -> None:
+    """An operator that stops leaves the runs to the next one: nothing more reaches the workers."""
+    import threading
+    from concurrent.futures import Future
+
+    from bndl.execute.scheduler import Scheduler
+    from bndl.execute.workers import ThreadWorker
+
+    class Recording(ThreadWorker):
+        def __init__(self, name: str) -> None:
+            super().__init__(name)
+            self.calls: list[str] = []
+            self.futures: list[Future[Any]] = []
+
+        def run(self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool,
+                reply: bool = True) -> Future[Any]:  # fmt: skip
+            self.calls.append(f"run {key}")
+            future: Future[Any] = Future()
+            self.futures.append(future)
+            return future
+
+        def cancel(self, key: str) -> None:
+            self.calls.append(f"cancel {key}")
+
+        def release(self, prefix: str) -> None:
+            self.calls.append(f"release {prefix}")
+
+    w = Recording("w")
+    a, b = RmiTask(None, "a", int), RmiTask(None, "b", int)
+    b.depends_on(a)
+    done: list[Any] = []
+    finished = threading.Event()
+    scheduler = Scheduler([a, b], done.append, [w], wait_for_workers=True, job_key="k")
+    scheduler.start()
+    assert w.calls == ["run k/a.1"]
+    scheduler.detach()
+    w.futures[0].set_result(1)  # the run ends after the driver detached
+    scheduler.lose_worker("w")
+    scheduler.abort()
+    assert w.calls == ["run k/a.1"] and done == [] and not finished.is_set()
+    assert scheduler.detached

@@ -135,6 +135,7 @@ class Scheduler:
         self._events: deque[tuple[Callable[..., list[core.Decision]], tuple[Any, ...]]] = deque()
         self._busy = False
         self._finished = threading.Event()
+        self._detached = False
         self.error: BaseException | None = None
         held, running = self._adopt(adopted or {})
         self._core = core.SchedulerCore(
@@ -256,14 +257,30 @@ class Scheduler:
 
     # ------------------------------------------------------------------------------ events
 
+    def detach(self) -> None:
+        """Leave the job to another driver: from now on nothing is dispatched, cancelled,
+        reported or released. The workers keep what they run and hold, for the next driver to
+        adopt (an operator that stops for an upgrade or loses its leadership)."""
+        with self._lock:
+            self._detached = True
+            self._events.clear()
+        for t in self.tasks:
+            t.remove_listener(self._on_marked)
+
+    @property
+    def detached(self) -> bool:
+        return self._detached
+
     def _feed(self, handler: Callable[..., list[core.Decision]], *args: Any) -> None:
         with self._lock:
+            if self._detached:
+                return
             self._events.append((handler, args))
             if self._busy:
                 return
             self._busy = True
             try:
-                while self._events:
+                while self._events and not self._detached:
                     handler, args = self._events.popleft()
                     if self._finished.is_set():
                         continue
@@ -401,6 +418,9 @@ class Scheduler:
 
     def _release_results(self) -> None:
         prefix = self.job_key + "/"
+        log.info(
+            "job %s ended: releasing its results on %d workers", self.job_key, len(self._workers)
+        )
         for worker in self._workers.values():
             try:
                 worker.release(prefix)

@@ -573,6 +573,13 @@ class JobRunner:
         """The operator goes away: leave the runs to the workers (the next operator adopts
         them) and write nothing more."""
         self._job_done = True
+        if self.scheduler is not None:
+            log.info(
+                "%s: detached, the workers keep %d running tasks for the next operator",
+                self.ref.name,
+                self.scheduler.counts().running,
+            )
+            self.scheduler.detach()
         self.scheduler = None
 
     async def _job_finished(self) -> None:

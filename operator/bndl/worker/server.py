@@ -94,6 +94,7 @@ class Worker:
         app.router.add_post("/v1/results/fetch", fetch_many)
         app.router.add_post("/v1/results/release", release)
         app.router.add_get("/v1/held", held)
+        app.router.add_get("/v1/logs/{key}", task_logs)
         app.router.add_post("/v1/call", call)
         app.router.add_post("/v1/profile/cpu/{action}", cpu_profile)
         app.router.add_get("/v1/profile/cpu/stats", cpu_stats)
@@ -254,11 +255,21 @@ async def release(request: web.Request) -> web.Response:
     if not isinstance(keys, list) or not (prefix is None or isinstance(prefix, str)):
         return error_response(400, '"keys" must be a list, "prefix" a string')
     released = request.app[_RUNNER].store.release(map(str, keys), prefix)
+    log.info("released %d results (prefix %r, %d keys)", released, prefix, len(keys))
     return web.json_response({"released": released})
 
 
 async def held(request: web.Request) -> web.Response:
     return web.json_response(request.app[_RUNNER].held())
+
+
+async def task_logs(request: web.Request) -> web.Response:
+    """What run ``key`` printed and logged (bounded, see :mod:`bndl.worker.tasklogs`)."""
+    key = request.match_info["key"]
+    capture = request.app[_RUNNER].logs.get(key)
+    if capture is None:
+        return error_response(404, f"no output kept of run {key!r}")
+    return web.Response(text=capture.text(), content_type="text/plain")
 
 
 async def call(request: web.Request) -> web.Response:
