@@ -187,9 +187,14 @@ async def _answer(request: web.Request, stream: Stream) -> web.StreamResponse:
                 await response.prepare(request)
             await response.write(stream.take() or HEARTBEAT_FRAME)
             stream.written()
-    except (ConnectionError, asyncio.CancelledError):
+    except asyncio.CancelledError:
         runner.orphan(stream)  # nobody receives these outcomes now: keep them for an attach
         raise
+    except ConnectionError as e:
+        # The driver went away (an operator restarting, say): not an error of this worker.
+        runner.orphan(stream)
+        log.info("run stream closed by the driver (%s); its tasks continue as orphans", e)
+        return response if response is not None else web.Response(status=499)
 
 
 async def cancel(request: web.Request) -> web.Response:
