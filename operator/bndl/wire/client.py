@@ -39,11 +39,11 @@ from bndl.wire.tasks import (
     DONE,
     Completion,
     TaskItem,
+    decode_error,
     decode_outcome,
     decode_results,
     encode_run,
     encode_task,
-    with_remote_traceback,
 )
 
 PICKLE_TYPE = "application/x-bndl-pickle"
@@ -161,12 +161,11 @@ class WorkerClient:
         body = await response.read()
         if pickled and response.content_type == PICKLE_TYPE:
             try:
-                error, text = pickle.loads(body)
+                return decode_error(body)
             except Exception as e:
                 return ProtocolError(
                     f"undecodable error from remote call: {type(e).__name__}: {e}", self.name
                 )
-            return with_remote_traceback(error, text)
         try:
             message = str(json.loads(body)["error"])
         except (ValueError, KeyError, TypeError):
@@ -299,6 +298,13 @@ class WorkerClient:
             payload["prefix"] = prefix
         reply = await self._json("POST", "/v1/results/release", payload)
         return int(reply["released"])
+
+    async def logs(self, key: str) -> str:
+        """What run ``key`` printed and logged on the worker (its last 64 KiB or so);
+        ``NotFound`` when the worker keeps no output of that run."""
+        path = "/v1/logs/" + quote(key, safe="")
+        async with self._exchange("GET", path) as response:
+            return await response.text()
 
     async def held(self) -> Held:
         """The keys of the results the worker holds, the tasks it runs and the finished orphans."""

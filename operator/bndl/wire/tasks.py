@@ -159,25 +159,34 @@ def decode_results(body: bytes) -> dict[str, bytes]:
     return results
 
 
-def encode_error(key: str, error: BaseException) -> bytes:
-    """The pickled ``(exception, traceback text)`` of a failed task; always succeeds.
+def encode_error(key: str, error: BaseException, output: str = "") -> bytes:
+    """The pickled ``(exception, traceback text[, output])`` of a failed task; always succeeds.
 
-    A ``BaseException`` becomes :class:`TaskAborted`; an exception that does not survive a
-    pickle round trip becomes :class:`ExceptionNotPicklable` carrying its repr.
+    ``output`` is the tail of what the task printed and logged (:mod:`bndl.worker.tasklogs`),
+    set as ``task_output`` on the exception where it is decoded. A ``BaseException`` becomes
+    :class:`TaskAborted`; an exception that does not survive a pickle round trip becomes
+    :class:`ExceptionNotPicklable` carrying its repr.
     """
     text = "".join(traceback.format_exception(error))
     blob: bytes
     if not isinstance(error, Exception):
         error = TaskAborted(f"task {key} raised {type(error).__qualname__}: {error!r}")
     try:
-        blob = cloudpickle.dumps((error, text), PROTOCOL)
+        blob = cloudpickle.dumps((error, text, output) if output else (error, text), PROTOCOL)
         pickle.loads(blob)  # an exception with a custom __init__ may pickle but not unpickle
     except Exception as e:
         error = ExceptionNotPicklable(
             f"exception of task {key} is not picklable ({type(e).__name__}: {e}): {error!r}"
         )
-        blob = pickle.dumps((error, text), PROTOCOL)
+        blob = pickle.dumps((error, text, output) if output else (error, text), PROTOCOL)
     return blob
+
+
+def decode_error(blob: bytes) -> BaseException:
+    """The exception of an :func:`encode_error` blob, with its remote traceback and the task's
+    output (``task_output``, "" when it printed nothing); raises when undecodable."""
+    error, text, *rest = pickle.loads(blob)  # (error, text) when the task printed nothing
+    return with_remote_traceback(error, text, str(rest[0]) if rest else "")
 
 
 def decode_outcome(key: str, ok: bool, blob: bytes) -> Completion:
@@ -185,7 +194,7 @@ def decode_outcome(key: str, ok: bool, blob: bytes) -> Completion:
     try:
         if ok:
             return Completion(key, True, pickle.loads(blob) if blob else None)
-        error, text = pickle.loads(blob)
+        error = decode_error(blob)
     except Exception as e:
         what = "result" if ok else "exception"
         failure = TaskNotDecodable(
@@ -193,12 +202,14 @@ def decode_outcome(key: str, ok: bool, blob: bytes) -> Completion:
         )
         failure.__cause__ = e
         return Completion(key, False, failure)
-    return Completion(key, False, with_remote_traceback(error, text))
+    return Completion(key, False, error)
 
 
-def with_remote_traceback(error: BaseException, text: str) -> BaseException:
-    """Attach a worker's traceback text to an exception unpickled on the driver."""
+def with_remote_traceback(error: BaseException, text: str, output: str = "") -> BaseException:
+    """Attach a worker's traceback text (and the task's output) to an exception unpickled on
+    the driver: ``remote_traceback`` and ``task_output``, where the exception takes attributes."""
     error.__cause__ = RemoteTraceback(text)
     with contextlib.suppress(AttributeError):  # __slots__ exceptions: __cause__ has the text
         error.remote_traceback = text  # type: ignore[attr-defined]
+        error.task_output = output  # type: ignore[attr-defined]
     return error

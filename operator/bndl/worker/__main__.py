@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bndl.worker import tasklogs
 from bndl.worker.config import parse
 from bndl.worker.server import serve
 
@@ -16,6 +17,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(message)s"
     )
+    tasklogs.install()  # what tasks print: captured per run, and prefixed by its key on stderr
     asyncio.run(serve(config))
     return 0
 

@@ -35,7 +35,7 @@ from bndl.wire.client import WorkerClient
 from bndl.wire.errors import RunNotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
 from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
-from bndl.worker import threads
+from bndl.worker import tasklogs, threads
 from bndl.worker.context import WorkerInfo, running_on
 from bndl.worker.store import ResultStore
 from bndl.worker.threads import Job, TaskThreads
@@ -114,6 +114,8 @@ class TaskJob(Job):
     def run(self) -> Any:
         if self.cancelled:
             raise TaskCancelled(f"task {self.task.key} was cancelled")
+        # ended in done(), which no interrupt reaches: a thread never keeps a stale capture
+        tasklogs.begin(self.runner.logs.open(self.task.key))
         fn, args, kwargs = self.task.decode()
         args, kwargs = self.runner.resolve(args, kwargs, self)
         with running_on(self.runner.info):
@@ -121,6 +123,7 @@ class TaskJob(Job):
 
     def done(self, ok: bool, value: Any) -> None:
         key = self.task.key
+        capture = tasklogs.end()
         blob = b""
         if ok:
             try:
@@ -132,7 +135,8 @@ class TaskJob(Job):
                 if self.task.keep:
                     self.runner.store.put(key, value)
         if not ok:
-            blob = encode_error(key, _without_own_frames(value))
+            output = capture.tail() if capture is not None else ""
+            blob = encode_error(key, _without_own_frames(value), output)
         frame = frames.encode((DONE, key, ok, blob))
         self.runner.loop.call_soon_threadsafe(self.runner.finished, self, frame)
 
@@ -200,6 +204,7 @@ class TaskRunner:
         self.info = info
         self.loop = loop
         self.store = ResultStore()
+        self.logs = tasklogs.TaskLogs()
         self.threads = TaskThreads()
         self.running: dict[str, TaskJob] = {}
         self._peers = peers
