@@ -14,12 +14,17 @@ import argparse
 import json
 import sys
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, TYPE_CHECKING, Any
 
 from bndl.execute.core import SchedulingError
 from bndl.manifest import JobPlan, ManifestError, load_plan
+
+if TYPE_CHECKING:
+    from bndl.execute.context import ExecutionContext
+    from bndl.manifest.model import Profiling
 
 EXIT_FAILED = 1
 EXIT_INVALID = 2
@@ -155,29 +160,78 @@ def run(
             attempts=attempts or plan.attempts,
         )
         bar: Any = ProgressBar(job.counts) if progress else _NoBar()
-        try:
-            with bar:
-                for task in results:
-                    if printed is not None and task.id not in printed:
-                        continue
-                    line = {"task": task.id, "result": result_json(task.result())}
-                    print(json.dumps(line), flush=True)
-        except KeyboardInterrupt:
-            results.close()
-            print("interrupted: the running tasks were cancelled", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        except SchedulingError as e:
-            print(f"job {plan.name!r} failed: {e}", file=sys.stderr)
-            return EXIT_FAILED
-        except Exception as e:
-            failed = _failed_task(job)
-            where = f"task {failed!r}" if failed else "a task"
-            print(
-                f"job {plan.name!r} failed: {where} raised {type(e).__name__}: {e}", file=sys.stderr
-            )
-            traceback.print_exception(e, file=sys.stderr)
-            return EXIT_FAILED
+        with _profiling(ctx, plan.profiling, sys.stderr):
+            try:
+                with bar:
+                    for task in results:
+                        if printed is not None and task.id not in printed:
+                            continue
+                        line = {"task": task.id, "result": result_json(task.result())}
+                        print(json.dumps(line), flush=True)
+            except KeyboardInterrupt:
+                results.close()
+                print("interrupted: the running tasks were cancelled", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            except SchedulingError as e:
+                print(f"job {plan.name!r} failed: {e}", file=sys.stderr)
+                return EXIT_FAILED
+            except Exception as e:
+                failed = _failed_task(job)
+                where = f"task {failed!r}" if failed else "a task"
+                print(
+                    f"job {plan.name!r} failed: {where} raised {type(e).__name__}: {e}",
+                    file=sys.stderr,
+                )
+                traceback.print_exception(e, file=sys.stderr)
+                _print_output(where, e)
+                return EXIT_FAILED
     return 0
+
+
+def _print_output(where: str, error: BaseException) -> None:
+    """The tail of what a failed task printed and logged (``task_output``), when it did."""
+    output = getattr(error, "task_output", "")
+    if output:
+        print(f"--- what {where} printed and logged (its end) ---", file=sys.stderr)
+        print(output.rstrip("\n"), file=sys.stderr)
+        print("---", file=sys.stderr)
+
+
+@contextmanager
+def _profiling(ctx: ExecutionContext, spec: Profiling, out: IO[str]) -> Iterator[None]:
+    """``spec.profiling``: profile every worker while the body runs, then write the merged top
+    entries to ``out`` (also when the job failed; a profiling failure is reported, not raised)."""
+    if not (spec.cpu or spec.memory):
+        yield
+        return
+    if spec.cpu:
+        ctx.cpu_profiling.clear()
+        ctx.cpu_profiling.start()
+    if spec.memory:
+        ctx.memory_profiling.start()
+    try:
+        yield
+    finally:
+        try:
+            out.write(_profile_report(ctx, spec))
+        except Exception as e:
+            print(f"profiling failed: {type(e).__name__}: {e}", file=out)
+
+
+def _profile_report(ctx: ExecutionContext, spec: Profiling) -> str:
+    from bndl.execute.profile import format_cpu_top, format_memory_top
+
+    parts = []
+    workers = len(ctx.workers)
+    if spec.cpu:
+        ctx.cpu_profiling.stop()
+        stats = ctx.cpu_profiling.get_stats()
+        parts.append(format_cpu_top(stats, spec.top, workers=workers))
+    if spec.memory:
+        snapshots = [snapshot for _, snapshot in ctx.memory_profiling.take_snapshot(True)]
+        ctx.memory_profiling.stop()
+        parts.append(format_memory_top(snapshots, spec.top))
+    return "\n" + "\n".join(parts)
 
 
 def _failed_task(job: Any) -> str | None:

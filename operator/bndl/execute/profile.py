@@ -309,3 +309,108 @@ def _print_top(stats: list[Any], limit: int, strip_dirs: bool, file: IO[str]) ->
     if other:
         print(f"{len(other)} other: {sum(s.size for s in other) / 1024:.1f} KiB", file=file)
     print(f"Total allocated size: {sum(s.size for s in stats) / 1024:.1f} KiB", file=file)
+
+
+# --- summaries of a job's profile (bndl run, the operator's <job>-profile ConfigMap) --------------
+
+MACHINERY: tuple[str, ...] = (
+    "bndl/worker",
+    "bndl/wire",
+    "bndl/execute/profile",
+    "bndl/manifest/calls",
+    "<frozen importlib",
+    "importlib",
+    "asyncio",
+    "aiohttp",
+    "multidict",
+    "yarl",
+    "selectors",
+    "threading",
+    "queue",
+    "concurrent",
+    "socket",
+    "ssl",
+    "contextlib",
+    "yappi",
+    "tracemalloc",
+)
+"""Code of the worker itself (its event loop, HTTP server, task threads, the wrapper that imports
+a task's function, the import system), left out of job summaries so that the table shows the
+job's own functions. Path fragments, matched anywhere in a module's file name (the workers'
+paths need not be the summarising process's), or a prefix for names such as ``<frozen ...>``."""
+
+
+def _is_machinery(path: str, machinery: Sequence[str]) -> bool:
+    if path.startswith("<"):
+        return any(path.startswith(m) for m in machinery if m.startswith("<"))
+    path = "/" + path.replace(os.sep, "/")
+    return any(f"/{m}/" in path or path.endswith(f"/{m}.py") for m in machinery)
+
+
+def cpu_stats_of(yappi_stats: Iterable[Any]) -> list[FuncStat]:
+    """Plain :class:`FuncStat` from yappi's stats (``bndl.wire.merge_cpu_stats``, say)."""
+    return [
+        FuncStat(s.module, s.lineno, s.name, s.ncall, s.nactualcall, s.ttot, s.tsub)
+        for s in yappi_stats
+    ]
+
+
+def format_cpu_top(
+    stats: Iterable[FuncStat], top: int, machinery: Sequence[str] = MACHINERY, workers: int = 0
+) -> str:
+    """The ``top`` functions by total time (callees included) as a table, worker code left out."""
+    shown, hidden = [], 0
+    for s in stats:
+        if _is_machinery(s.module, machinery):
+            hidden += 1
+        else:
+            shown.append(s)
+    shown.sort(key=lambda s: s.ttot, reverse=True)
+    where = f" over {workers} worker(s)" if workers else ""
+    lines = [
+        f"CPU profile (yappi, CPU time{where}): top {min(top, len(shown))} of {len(shown)} "
+        f"functions by total time; {hidden} of the worker's own left out",
+        f"{'ttot s':>10}  {'tsub s':>10}  {'calls':>10}  {'tavg ms':>10}  function",
+    ]
+    for s in shown[:top]:
+        label = f"{s.name}  ({_strip(s.module)}:{s.lineno})"
+        lines.append(
+            f"{s.ttot:10.4f}  {s.tsub:10.4f}  {s.ncall:10d}  {s.tavg * 1000:10.3f}  {label}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def format_memory_top(
+    snapshots: Sequence[tracemalloc.Snapshot],
+    top: int,
+    machinery: Sequence[str] = MACHINERY,
+) -> str:
+    """The ``top`` source lines by memory allocated and still held, over all the snapshots."""
+    filters: list[tracemalloc.Filter] = [
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
+        tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
+        tracemalloc.Filter(False, "<unknown>"),
+    ]
+    for m in machinery:
+        if m.startswith("<"):
+            filters.append(tracemalloc.Filter(False, m + "*"))
+        else:
+            filters += [
+                tracemalloc.Filter(False, f"*/{m}/*"),
+                tracemalloc.Filter(False, f"*/{m}.py"),
+            ]
+    stats = _merge_snapshots(list(snapshots)).filter_traces(filters).statistics("lineno")
+    total = sum(s.size for s in stats)
+    lines = [
+        f"Memory profile (tracemalloc, held at the end over {len(snapshots)} worker(s)): "
+        f"top {min(top, len(stats))} of {len(stats)} lines, {total / 1024:.1f} KiB in all",
+        f"{'KiB':>10}  {'blocks':>8}  line",
+    ]
+    for s in stats[:top]:
+        frame = s.traceback[0]
+        source = linecache.getline(frame.filename, frame.lineno).strip()
+        where = f"{_strip(frame.filename)}:{frame.lineno}"
+        lines.append(
+            f"{s.size / 1024:10.1f}  {s.count:8d}  {where}" + (f"  {source}" if source else "")
+        )
+    return "\n".join(lines) + "\n"
