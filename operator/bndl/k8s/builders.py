@@ -300,6 +300,17 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
     mounts.append({"name": "bndl-tmp", "mountPath": TMP_DIR})
     if plan.code.config_map:
         mounts.append({"name": "bndl-code", "mountPath": plan.code.mount_path, "readOnly": True})
+    # Liveness starts once the worker answered: a worker that starts slowly (a busy node, many
+    # pods starting at once, heavy imports) is not killed and restarted, which would only make
+    # the node busier.
+    c.setdefault(
+        "startupProbe",
+        {
+            "httpGet": {"path": "/healthz", "port": "bndl"},
+            "periodSeconds": 2,
+            "failureThreshold": 300,
+        },
+    )
     c.setdefault(
         "readinessProbe",
         {"httpGet": {"path": "/readyz", "port": "bndl"}, "periodSeconds": 2, "failureThreshold": 2},
