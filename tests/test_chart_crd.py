@@ -11,7 +11,11 @@ from __future__ import annotations
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.test_chart_render import CHART, REPO, helm
+
+pytestmark = pytest.mark.usefixtures("helm_binary")
 
 SOURCE = REPO / "crds" / "bndljob.yaml"
 

@@ -21,6 +21,8 @@ import yaml
 
 from tests.cluster import config as cluster_config
 
+pytestmark = pytest.mark.usefixtures("helm_binary")
+
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "bndl"
 KUBE_VERSION = cluster_config.VERSIONS["K8S_VERSION"]

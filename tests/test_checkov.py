@@ -54,21 +54,16 @@ DELIBERATE: dict[str, dict[str, str]] = {
     "children": {
         "CKV_K8S_11": "no CPU limit on workers: tasks are CPU-bound bursts that a CFS quota would "
         "throttle; worker.resources gives a CPU request and a memory limit",
+        "CKV_K8S_15": "imagePullPolicy is the chart's worker.image.pullPolicy (IfNotPresent): "
+        "versioned tags, and images loaded into kind nodes must not be pulled",
         "CKV_K8S_43": "the worker image is the job's or the operator's by tag; worker.image.digest "
         "(or a digest in spec.workers.image) pins one",
     },
 }
 
 PENDING_FIX: dict[str, dict[str, str]] = {
-    "chart": {
-        "CKV2_K8S_6": "no NetworkPolicy selects the operator pods: fix with "
-        "templates/networkpolicy.yaml admitting ingress only to the health (and metrics) port, "
-        "behind a documented networkPolicy.enabled value (default true)",
-    },
-    "children": {
-        "CKV_K8S_14": "BuildSettings' default worker image is bndl-worker:latest: fix by making "
-        "DEFAULT_WORKER_IMAGE (bndl/k8s/builders.py) a versioned tag, like the chart's",
-    },
+    "chart": {},
+    "children": {},
 }
 
 

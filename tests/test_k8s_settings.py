@@ -22,7 +22,7 @@ def test_defaults_watch_all_namespaces_with_liveness() -> None:
     assert s.liveness == DEFAULT_LIVENESS
     assert s.standalone is True
     assert s.status_interval == 1.0
-    assert s.build.worker_image == "bndl-worker:latest"
+    assert s.build.worker_image == "ghcr.io/bndl/bndl-worker:0.1.0"
     assert s.build.operator_labels == {
         "app.kubernetes.io/name": "bndl",
         "app.kubernetes.io/component": "operator",

@@ -16,6 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from bndl import __version__
 from bndl.manifest import API_VERSION, KIND, JobPlan
 
 # The worker container's name in the pod template: the operator fills in this container.
@@ -35,14 +36,15 @@ LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_JOB = "bndl.io/job"
 LABEL_JOB_UID = "bndl.io/job-uid"
 MANAGER = "bndl-operator"
-DEFAULT_WORKER_IMAGE = "bndl-worker:latest"
+DEFAULT_WORKER_IMAGE = f"ghcr.io/bndl/bndl-worker:{__version__}"
+"""The worker image of a job that names none, when the operator is given none (the chart does)."""
 
 
 @dataclass(frozen=True, slots=True)
 class BuildSettings:
     """What the operator's configuration contributes to every job's objects."""
 
-    worker_image: str = "bndl-worker:latest"  # = DEFAULT_WORKER_IMAGE
+    worker_image: str = DEFAULT_WORKER_IMAGE
     """Image of the worker container when neither spec.workers.image nor the template gives one."""
     image_pull_policy: str | None = None
     """imagePullPolicy of the worker container when the template gives none (None: the default)."""
