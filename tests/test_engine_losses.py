@@ -271,3 +271,35 @@ def test_the_context_reads_the_limit_from_config_and_arguments() -> None:
     assert err.value.losses == 4
     with pytest.raises(ValueError, match="max_worker_losses must be a whole number"):
         list(ctx.execute(Job(ctx, [RmiTask(ctx, "p", abs, (1,))]), max_worker_losses=0))
+
+
+def test_a_worker_that_only_timed_out_is_lost_but_not_charged() -> None:
+    """A heartbeat timeout (a busy or stopped worker, maybe alive) is no evidence against the
+    task; a refused or closed connection is."""
+    from concurrent.futures import Future
+
+    from bndl.execute.exceptions import NotConnected
+    from bndl.execute.job import RmiTask
+    from bndl.execute.scheduler import Scheduler
+    from bndl.execute.workers import ThreadWorker
+
+    class Timing(ThreadWorker):
+        def __init__(self, name: str, timed_out: bool) -> None:
+            super().__init__(name)
+            self.timed_out = timed_out
+
+        def run(self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool,
+                reply: bool = True) -> Future[Any]:  # fmt: skip
+            future: Future[Any] = Future()
+            future.set_exception(NotConnected(self.name, "x", timed_out=self.timed_out))
+            return future
+
+    for timed_out, charged in ((True, 0), (False, 1)):
+        task = RmiTask(None, "t", int)
+        done: list[Any] = []
+        scheduler = Scheduler([task], done.append, [Timing("w", timed_out)],
+                              wait_for_workers=True, max_worker_losses=5)  # fmt: skip
+        scheduler.start()
+        counts = scheduler.counts()
+        assert counts.worker_losses == charged and counts.lost_runs == 1, counts
+        assert scheduler.workers == []

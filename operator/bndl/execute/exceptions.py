@@ -37,13 +37,17 @@ class DependenciesFailed(Exception):
 class NotConnected(Exception):
     """The worker could not be reached (refused, reset, timed out, or gone).
 
-    A task failing with this is never charged an attempt: its worker counts as lost.
+    A task failing with this is never charged an attempt: its worker counts as lost. It is
+    charged a worker loss (``maxWorkerLosses``) unless ``timed_out``: a worker that only stopped
+    answering in time (a busy or stopped process) may be alive, so it is not evidence against
+    the task; a closed or refused connection is.
     """
 
-    def __init__(self, worker: str, reason: str = "") -> None:
+    def __init__(self, worker: str, reason: str = "", timed_out: bool = False) -> None:
         self.worker = worker
         self.reason = reason
-        super().__init__(worker, reason)
+        self.timed_out = timed_out
+        super().__init__(worker, reason, timed_out)
 
     def __str__(self) -> str:
         return f"worker {self.worker} not connected" + (f": {self.reason}" if self.reason else "")

@@ -350,7 +350,12 @@ class Scheduler:
         if _is_run_not_found(root):
             self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
         elif isinstance(root, NotConnected):
-            self._feed(self._core.task_failed, task_id, run, exc, FailureKind.LOST)
+            if root.timed_out:
+                # Maybe only busy: lost (its runs go elsewhere), but nothing is charged.
+                self._feed(partial(self._core.worker_lost, charge=False), root.worker)
+                self._feed(self._core.task_failed, task_id, run, exc, FailureKind.REQUEUE)
+            else:
+                self._feed(self._core.task_failed, task_id, run, exc, FailureKind.LOST)
         elif isinstance(root, TaskCancelled):
             # Not a cancel of ours (those runs are abandoned, their outcomes ignored): the worker
             # is shutting down (its pod deleted or scaled away). Not the task's fault.

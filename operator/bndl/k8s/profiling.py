@@ -54,14 +54,17 @@ async def _on_all(
     return done, failed
 
 
-async def start(workers: Sequence[HttpWorker], spec: Profiling) -> None:
-    """Start the profilers ``spec`` asks for on every worker (CPU stats cleared first).
+async def start(workers: Sequence[HttpWorker], spec: Profiling, *, clear: bool = True) -> None:
+    """Start the profilers ``spec`` asks for on every worker, CPU stats cleared first unless
+    ``clear`` is false (an operator that adopts a running job keeps what its predecessor began).
 
-    A worker that cannot be reached is skipped (it will be missing from :func:`collect`)."""
+    Call it again with the workers that join later. A worker that cannot be reached is skipped
+    (and named by :func:`collect`)."""
     if spec.cpu:
 
         async def start_cpu(worker: HttpWorker) -> None:
-            await worker.client.cpu_profiling("clear")
+            if clear:
+                await worker.client.cpu_profiling("clear")
             await worker.client.cpu_profiling("start")
 
         await _on_all(workers, start_cpu)

@@ -21,7 +21,7 @@ from bndl.driver import AttachedLoop, HttpWorker
 from bndl.execute.exceptions import NotConnected
 from bndl.k8s.kube import Kube, KubeError, path
 from bndl.k8s.status import pod_ready, termination_cause
-from bndl.wire import ProtocolError, WorkerClient
+from bndl.wire import ClientSettings, ProtocolError, WorkerClient
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ REJOIN_PAUSE = 2.0
 """Least seconds between two attempts to let a worker lost on a connection error join again."""
 PROBE_TIMEOUT = 2.0
 """Seconds a worker may take to answer the probe before it joins again."""
+CLIENT = ClientSettings(heartbeat_timeout=15.0)
+"""A worker pod that sends no heartbeat for 15 s counts as lost (uncharged): a busy node can
+delay a worker's heartbeats for seconds; a dead container is seen at once (the connection
+closes) or through its pod."""
 
 
 class SchedulerLike(Protocol):
@@ -131,7 +135,8 @@ class WorkerPods:
     def _worker(self, pod: Mapping[str, Any], labels: Mapping[str, str]) -> HttpWorker:
         name = pod["metadata"]["name"]
         url = f"http://{pod['status']['podIP']}:{self.port}"
-        worker = HttpWorker(WorkerClient(name, url, self.token, self.session), self.loop, labels)
+        client = WorkerClient(name, url, self.token, self.session, CLIENT)
+        worker = HttpWorker(client, self.loop, labels)
 
         def loss_cause() -> str | None:
             current = self.pod_of(name)

@@ -97,8 +97,8 @@ TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, asyncio.
 def not_connected(worker: str, error: BaseException) -> NotConnected:
     """Map a transport failure to ``NotConnected``: the single place this decision is made."""
     if isinstance(error, asyncio.TimeoutError):
-        reason = f"timed out ({type(error).__name__})"
-    elif isinstance(error, asyncio.IncompleteReadError):
+        return NotConnected(worker, f"timed out ({type(error).__name__})", timed_out=True)
+    if isinstance(error, asyncio.IncompleteReadError):
         reason = "connection closed mid-stream"
     else:
         reason = f"{type(error).__name__}: {error}"
