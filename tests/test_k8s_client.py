@@ -311,8 +311,10 @@ def test_logs_of_a_task_include_a_restarted_container_s_previous_log() -> None:
         ("squares-workers-1", False),
     ]
     api.pods = []
+    api.statuses = [status("Failed", reason="TaskFailed", message="task 'b' raised ...")]
     code, _, err = cli(api, "logs", "squares")
     assert code == 0 and "no worker pods" in err
+    assert "the job's status: Failed: task 'b' raised ..." in err
 
 
 def test_task_lines_match_whole_task_ids_of_local_and_cluster_keys() -> None:

@@ -165,6 +165,9 @@ def _logs(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
     if not found:
         what = f"no lines of task {args.task!r}" if args.task else "no worker pods"
         print(f"{what} (worker pods are deleted by the job's cleanupPolicy)", file=err)
+        status = client.status(args.job, args.namespace, api=api)
+        if status.get("message"):  # a failed task's message ends with the tail of its output
+            print(f"the job's status: {status.get('phase')}: {status['message']}", file=err)
         return 0
     for log in found:
         print(f"==> pod {log.pod}{' (previous container)' if log.previous else ''} <==", file=out)

@@ -33,6 +33,8 @@ FINISHED = ("Succeeded", "Failed", "Cancelled")
 """Phases a job does not leave."""
 DEFAULT_POLL = 1.0
 """Seconds between reads of a job's status while waiting for it."""
+REQUEST_TIMEOUT = 30.0
+"""Seconds one API request may take (an unreachable server is an error, not a hang)."""
 
 
 class ClientError(Exception):
@@ -83,7 +85,7 @@ class Api:
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return fn(*args, **kwargs)
+            return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as e:
             message = _api_message(e)
             error = JobNotFound if e.status == 404 else ClientError
