@@ -12,6 +12,7 @@ from bndl.driver import HttpWorker
 from bndl.execute.job import Job, RmiTask
 from bndl.k8s import profiling
 from bndl.k8s.builders import JobRef
+from bndl.k8s.kube import KubeError
 from bndl.local import LocalCluster
 from bndl.manifest import Profiling
 from tests.test_profiling_tasks import burn_cpu_for_the_profile, hold_memory_for_the_profile
@@ -102,3 +103,34 @@ def test_the_config_map_is_owned_and_labelled_like_the_job_s_children() -> None:
     assert body["data"] == {"profile.txt": "CPU profile ...\n"}
     long = profiling.profile_config_map(ref, "x" * 600_000)
     assert len(long["data"]["profile.txt"]) <= profiling.MAX_PROFILE_BYTES
+
+
+class FakeKube:
+    """``Kube.request`` recorded; POST answers 409 when the object exists."""
+
+    def __init__(self, exists: bool = False) -> None:
+        self.exists = exists
+        self.requests: list[tuple[str, str, Any, str]] = []
+
+    async def request(
+        self, method: str, url_path: str, *, body: Any = None, content_type: str = "json"
+    ) -> Any:
+        self.requests.append((method, url_path, body, content_type))
+        if method == "POST" and self.exists:
+            raise KubeError(409, "already exists", "AlreadyExists")
+        return body
+
+
+def test_save_creates_the_config_map_or_replaces_its_data() -> None:
+    ref = JobRef("squares", "team-a", "uid-1")
+    kube = FakeKube()
+    assert asyncio.run(profiling.save(kube, ref, "one")) == "squares-profile"  # type: ignore[arg-type]
+    ((method, url, body, _),) = kube.requests
+    assert (method, url) == ("POST", "/api/v1/namespaces/team-a/configmaps")
+    assert body == profiling.profile_config_map(ref, "one")
+    kube = FakeKube(exists=True)
+    asyncio.run(profiling.save(kube, ref, "two"))  # type: ignore[arg-type]
+    method, url, body, content_type = kube.requests[-1]
+    assert (method, url) == ("PATCH", "/api/v1/namespaces/team-a/configmaps/squares-profile")
+    assert body == {"data": {"profile.txt": "two"}}
+    assert content_type == "application/merge-patch+json"
