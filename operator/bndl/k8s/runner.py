@@ -34,12 +34,12 @@ from typing import Any
 
 import aiohttp
 
-from bndl.driver import AttachedLoop
+from bndl.driver import AttachedLoop, HttpWorker
 from bndl.execute.core import SchedulingError
 from bndl.execute.job import Job, Task
 from bndl.execute.scheduler import Adopted, Scheduler, WorkerKilledByTask, root_exc
 from bndl.jobs import build_job
-from bndl.k8s import builders
+from bndl.k8s import builders, profiling
 from bndl.k8s.builders import JobRef
 from bndl.k8s.children import ChildConflict, Children
 from bndl.k8s.events import post_event
@@ -143,6 +143,7 @@ class JobRunner:
         self._storm_start = 0.0
         self._storm_retries = 0
         self._api_trouble = False
+        self._profiled: set[str] = set()
         self.first_dispatch: float | None = None
         self.started_at = time.monotonic()
 
@@ -475,6 +476,7 @@ class JobRunner:
         # Dispatch first, report after: the status and event writes are not on the way.
         self.scheduler.start()
         self._log_first_dispatch()
+        await self._profile(workers, clear=not adopted)
         resumed = bool(adopted) or self.status.reason == Reason.RESUMED
         self.set_phase(
             Phase.RUNNING,
@@ -489,6 +491,7 @@ class JobRunner:
             await self._sleep(self._deadline_left())
             await self._sync_workers()
             await self.workers.rejoin(self.scheduler)
+            await self._profile(self.workers.all(), clear=True)
             self._check_storm()
             self.writer.mark()
             if self._job_done:
@@ -504,6 +507,31 @@ class JobRunner:
                 return False
         await self._job_finished()
         return True
+
+    async def _profile(self, workers: list[HttpWorker], clear: bool) -> None:
+        """spec.profiling: profile every worker that joins the job (never fails the job)."""
+        assert self.plan is not None
+        spec = self.plan.profiling
+        new = [w for w in workers if w.name not in self._profiled]
+        if not (spec.cpu or spec.memory) or not new:
+            return
+        self._profiled.update(w.name for w in new)
+        try:
+            await profiling.start(new, spec, clear=clear)
+        except Exception as e:  # a profiler that does not start is reported, not fatal
+            log.warning("%s: profiling not started: %s", self.ref.name, e)
+
+    async def _save_profile(self) -> None:
+        """The merged profile into the ConfigMap <job>-profile (while the workers still run)."""
+        if self.plan is None or self.workers is None or not self._profiled:
+            return
+        try:
+            text = await profiling.collect(self.workers.all(), self.plan.profiling)
+            name = await profiling.save(self.kube, self.ref, text)
+        except Exception as e:  # the profile is a report: it never fails the job
+            log.warning("%s: profile not saved: %s", self.ref.name, e)
+            return
+        await self.event("Profiled", f"profile in ConfigMap {name}: bndl profile {self.ref.name}")
 
     def _checkpoint(self) -> None:
         """Which operator runs the job since when: bounded, for people and for the next
@@ -603,9 +631,11 @@ class JobRunner:
             failed = next((t for t in self.job.tasks if t.failed), None)
         self.status.failed_tasks = 1
         where = f"task {failed.id!r}" if failed is not None else "a task"
-        raise JobEnded(
-            Phase.FAILED, Reason.TASK_FAILED, f"{where} failed: {type(root).__name__}: {root}"
-        )
+        message = f"{where} failed: {type(root).__name__}: {root}"[:1500]
+        output = (getattr(root, "task_output", "") or "")[-2000:]
+        if output:  # what the task printed: the worker pod may be gone when someone looks
+            message += f"\n--- its output (end) ---\n{output}"
+        raise JobEnded(Phase.FAILED, Reason.TASK_FAILED, message)
 
     async def _poison(self, error: WorkerKilledByTask) -> str:
         """The message for a task that killed its workers, with what Kubernetes knows of why
@@ -696,6 +726,7 @@ class JobRunner:
         self.set_phase(phase, reason, message)
         self.writer.start()
         await self.writer.flush()  # through API outages: the ending is never lost
+        await self._save_profile()
         await self.event(reason, message, warning=phase is not Phase.SUCCEEDED)
         elapsed = time.monotonic() - self.started_at
         log.info(
