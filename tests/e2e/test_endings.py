@@ -29,6 +29,7 @@ def test_failure_deadline_cleanup_policy_and_ttl(
             [
                 {"id": "ok", "call": NUMBER, "args": [1]},
                 {"id": "bad", "call": NUMBER, "args": [], "dependsOn": ["ok"]},
+                {"id": "fine", "call": NUMBER, "args": [2]},
             ],
             attempts=2,
             cleanupPolicy="DeleteWorkersOnSuccess",
@@ -55,7 +56,8 @@ def test_failure_deadline_cleanup_policy_and_ttl(
     assert st["phase"] == "Failed" and st["reason"] == "TaskFailed", st
     assert "task 'bad' failed: TypeError" in st["message"]
     assert st["tasks"]["retried"] == 1 and st["tasks"]["failed"] == 1
-    assert st["results"] == {"ok": 1}
+    # Sinks' results only ("ok" feeds "bad": its result stayed on its worker).
+    assert st["results"] == {"fine": 2}
     assert len(pods(k8s_cluster, ns, "broken")) == 1  # kept: the policy deletes on success only
 
     st = wait_finished(k8s_cluster, ns, "late", timeout=120)

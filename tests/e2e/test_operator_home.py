@@ -129,6 +129,7 @@ def restart_case(op: ChartOperator, name: str, restart: Any) -> float:
     return time.monotonic() - t0
 
 
+@pytest.mark.timeout(1500)
 def test_restarts_upgrades_and_failover_lose_no_work(home: ChartOperator) -> None:
     op = home
     pods = op.wait_ready(2)
@@ -221,6 +222,7 @@ def test_api_server_outage_mid_job(home: ChartOperator) -> None:
     assert st["tasks"]["succeeded"] == 41
 
 
+@pytest.mark.timeout(1500)
 def test_hundred_jobs_at_once(home: ChartOperator) -> None:
     op = home
     n = 100
@@ -244,17 +246,14 @@ def test_hundred_jobs_at_once(home: ChartOperator) -> None:
         listing = op.cluster.kubectl_json("get", "bndljobs", "-n", op.jobs_namespace)["items"]
         jobs = [j for j in listing if j["metadata"]["name"].startswith("many-")]
         phases = [j.get("status", {}).get("phase") for j in jobs]
-        if any(p in ("Failed", "Cancelled") for p in phases):
-            raise AssertionError(
-                [
-                    (j["metadata"]["name"], j.get("status"))
-                    for j in jobs
-                    if j.get("status", {}).get("phase") != "Succeeded"
-                ][:3]
-            )
-        return jobs if len(jobs) == n and all(p == "Succeeded" for p in phases) else None
+        finished = all(p in ("Succeeded", "Failed", "Cancelled") for p in phases)
+        return jobs if len(jobs) == n and finished else None
 
-    jobs = op.cluster.wait_for(all_done, 900, f"{n} jobs Succeeded")
+    jobs = op.cluster.wait_for(all_done, 1200, f"{n} jobs finished")
+    failed = [
+        (j["metadata"]["name"], j["status"]) for j in jobs if j["status"]["phase"] != "Succeeded"
+    ]
+    assert not failed, failed[:3]
     for j in jobs:
         i = int(j["metadata"]["name"].split("-")[1])
         assert j["status"]["results"] == {"b": i * i}
@@ -305,6 +304,29 @@ def test_scale_a_running_job(home: ChartOperator) -> None:
     ), "the new workers joined the running job"
 
 
+class PeakMemory:
+    """The peak RSS of a process while a job runs, sampled (VmHWM would keep an older peak)."""
+
+    def __init__(self, op: ChartOperator, pod: str) -> None:
+        self.op, self.pod = op, pod
+        self.before = op.memory_kib(pod)["VmRSS"]
+        self.peak = self.before
+
+    def sample(self) -> None:
+        self.peak = max(self.peak, self.op.memory_kib(self.pod)["VmRSS"])
+
+    def wait_phase(self, name: str, timeout: float) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            self.sample()
+            st = self.op.status(name)
+            return st if st.get("phase") in ("Succeeded", "Failed") else None
+
+        st: dict[str, Any] = self.op.cluster.wait_for(check, timeout, f"{name} finished")
+        self.sample()
+        return st
+
+
+@pytest.mark.timeout(900)
 def test_big_jobs_are_bounded(home: ChartOperator) -> None:
     op = home
     leader = leader_pod(op)
@@ -334,7 +356,7 @@ def test_big_jobs_are_bounded(home: ChartOperator) -> None:
     ).strip()
 
     # 60 results of 4 MB joined by one sink: they stay on the workers.
-    before = op.memory_kib(leader)
+    memory = PeakMemory(op, leader)
     op.apply(
         doc(
             "big-results",
@@ -354,18 +376,21 @@ def test_big_jobs_are_bounded(home: ChartOperator) -> None:
             workers={"replicas": 2},
         )
     )
-    st = op.wait_phase("big-results", ("Succeeded", "Failed"), timeout=300)
+    st = memory.wait_phase("big-results", timeout=300)
     assert st["phase"] == "Succeeded" and st["results"]["sum"] == 60 * 4 * 2**20, st
-    after = op.memory_kib(leader)
-    grew = (after["VmHWM"] - before["VmRSS"]) / 1024
+    grew = (memory.peak - memory.before) / 1024
     MEASUREMENTS.append(
         f"60 x 4 MB results + 1 sink: operator memory grew {grew:.1f} MB "
-        f"(RSS {before['VmRSS'] / 1024:.0f} -> peak {after['VmHWM'] / 1024:.0f} MB)"
+        f"(RSS {memory.before / 1024:.0f} -> peak {memory.peak / 1024:.0f} MB, sampled)"
     )
     assert grew < 50
 
-    # 100,000 tasks within the chart's default memory limit (512 MiB).
-    before = op.memory_kib(leader)
+
+@pytest.mark.timeout(1800)
+def test_a_hundred_thousand_tasks_fit_the_default_memory_limit(home: ChartOperator) -> None:
+    op = home
+    leader = leader_pod(op)
+    memory = PeakMemory(op, leader)
     t0 = time.monotonic()
     op.apply(
         doc(
@@ -384,19 +409,20 @@ def test_big_jobs_are_bounded(home: ChartOperator) -> None:
                 },
             ],
             workers={"replicas": 2},
-            concurrency=8,
+            concurrency=16,
         )
     )
-    st = op.wait_phase("hundred-k", ("Succeeded", "Failed"), timeout=900)
+    st = memory.wait_phase("hundred-k", timeout=1500)
     assert st["phase"] == "Succeeded", json.dumps(st)[:2000]
     assert st["results"]["total"] == sum(i * i for i in range(100000))
-    after = op.memory_kib(leader)
-    per_k = (after["VmHWM"] - before["VmRSS"]) / 1024 / 100
+    peak = op.memory_kib(leader)["VmHWM"]
+    per_k = (memory.peak - memory.before) / 1024 / 100
     MEASUREMENTS.append(
-        f"100,000-task job: {time.monotonic() - t0:.0f}s, operator peak "
-        f"{after['VmHWM'] / 1024:.0f} MB, {per_k:.2f} MB per 1,000 tasks"
+        f"100,000-task job: {time.monotonic() - t0:.0f}s, operator RSS "
+        f"{memory.before / 1024:.0f} -> peak {memory.peak / 1024:.0f} MB (VmHWM {peak / 1024:.0f}"
+        f" MB): {per_k:.2f} MB per 1,000 tasks"
     )
-    assert after["VmHWM"] < 512 * 1024
+    assert peak < 512 * 1024
     assert op.leader() == leader, "the operator was not restarted (OOMKilled) meanwhile"
 
 
