@@ -27,9 +27,10 @@ def test_failure_deadline_cleanup_policy_and_ttl(
         job_doc(
             "broken",
             [
+                # First in the job: it runs before "bad" fails the job (one worker).
+                {"id": "fine", "call": NUMBER, "args": [2]},
                 {"id": "ok", "call": NUMBER, "args": [1]},
                 {"id": "bad", "call": NUMBER, "args": [], "dependsOn": ["ok"]},
-                {"id": "fine", "call": NUMBER, "args": [2]},
             ],
             attempts=2,
             cleanupPolicy="DeleteWorkersOnSuccess",
