@@ -41,6 +41,8 @@ import yaml
 from tests.cluster import config as cluster_config
 from tests.cluster.procs import wait_for
 
+from .chart_operator import split_image
+
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -107,17 +109,6 @@ class Target:
         proc = self._run([*self.helm_cmd, *args], None, False, 300)
         assert proc.returncode != 0, f"helm {' '.join(args)} succeeded:\n{proc.stdout}"
         return proc.stderr
-
-
-def split_image(ref: str) -> dict[str, str]:
-    """``repo[:tag]`` or ``repo@sha256:...`` as the chart's {repository, tag, digest} values."""
-    if "@" in ref:
-        repo, digest = ref.split("@", 1)
-        return {"repository": repo, "digest": digest}
-    repo, sep, tag = ref.rpartition(":")
-    if not sep or "/" in tag:
-        return {"repository": ref, "tag": "latest"}
-    return {"repository": repo, "tag": tag}
 
 
 def _binary(env_name: str, cached: Path, name: str) -> str:
