@@ -46,3 +46,8 @@ def count(values: Iterable[Any]) -> int:
 def crash(code: int = 1) -> None:
     """Kill this worker process at once (no cleanup, as a crash would)."""
     os._exit(code)
+
+
+def hosts(reports: Iterable[dict[str, Any]]) -> list[str]:
+    """The hosts (pods) that ran the tasks reported by ``where``, sorted."""
+    return sorted({r["host"] for r in reports})
