@@ -147,7 +147,7 @@ def run(
     """
     from bndl.jobs import build_job, result_json
     from bndl.local import LocalCluster
-    from bndl.progress import ProgressBar
+    from bndl.progress import NoBar, ProgressBar
 
     size = workers or plan.workers.replicas or 1
     printed = None if all_results else sink_ids(plan)
@@ -159,7 +159,7 @@ def run(
             concurrency=concurrency or plan.concurrency,
             attempts=attempts or plan.attempts,
         )
-        bar: Any = ProgressBar(job.counts) if progress else _NoBar()
+        bar: Any = ProgressBar(job.counts) if progress else NoBar()
         with _profiling(ctx, plan.profiling, sys.stderr):
             try:
                 with bar:
@@ -239,14 +239,6 @@ def _failed_task(job: Any) -> str | None:
         if task.failed:
             return str(task.id)
     return None
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 if __name__ == "__main__":

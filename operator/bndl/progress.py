@@ -73,3 +73,13 @@ class ProgressBar:
         else:
             self._stream.write(line + "\n")
         self._stream.flush()
+
+
+class NoBar:
+    """What stands for a :class:`ProgressBar` when progress is not shown (``--no-progress``)."""
+
+    def __enter__(self) -> NoBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass

@@ -90,10 +90,10 @@ def _submit(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
     if not args.watch:
         return 0
     latest: dict[str, Any] = {}
-    bar: Any = _NoBar()
-    if not args.no_progress:
-        from bndl.progress import ProgressBar
+    from bndl.progress import NoBar, ProgressBar
 
+    bar: Any = NoBar()
+    if not args.no_progress:
         bar = ProgressBar(lambda: counts_of(latest), stream=err)
     try:
         with bar:
@@ -194,14 +194,6 @@ _COMMANDS: dict[str, Callable[[Api, argparse.Namespace, IO[str], IO[str]], int]]
     "profile": _profile,
     "delete": _delete,
 }
-
-
-class _NoBar:
-    def __enter__(self) -> _NoBar:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        pass
 
 
 if __name__ == "__main__":
