@@ -36,7 +36,10 @@ from . import jobs
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bndl"
-OPERATOR_TAG = "localhost/bndl-operator:e2e"
+E2E_TAG = os.environ.get("BNDL_E2E_TAG", "e2e")
+"""Tag of the images the end-to-end tests build; set ``BNDL_E2E_TAG`` to keep apart the images of
+two checkouts tested at once on one machine (they share podman's storage)."""
+OPERATOR_TAG = f"localhost/bndl-operator:{E2E_TAG}"
 OPERATOR_DOCKERFILE = REPO / "Dockerfile"
 CONTAINER = "operator"
 """Name of the operator's container in the chart's Deployment."""
@@ -339,7 +342,7 @@ class ChartOperator:
 @pytest.fixture(scope="session")
 def operator_image(k8s_cluster: Cluster) -> str:
     """The operator image on every node: ``BNDL_E2E_OPERATOR_IMAGE`` (a podman image, loaded) or
-    ./Dockerfile built once per session as ``localhost/bndl-operator:e2e``."""
+    ./Dockerfile built once per session as ``localhost/bndl-operator:$BNDL_E2E_TAG`` (``e2e``)."""
     given = os.environ.get("BNDL_E2E_OPERATOR_IMAGE")
     if given:
         k8s_cluster.load_image(given)

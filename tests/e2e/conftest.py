@@ -24,10 +24,10 @@ from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
 from tests.cluster.procs import ProcRecord, start_process, stop_processes
 
-from .chart_operator import chart_operator, operator_image  # noqa: F401  (fixtures for every e2e test)
+from .chart_operator import E2E_TAG, chart_operator, operator_image  # noqa: F401  (fixtures for every e2e test)
 
 REPO = Path(__file__).resolve().parents[2]
-WORKER_IMAGE = "localhost/bndl-worker:e2e"
+WORKER_IMAGE = f"localhost/bndl-worker:{E2E_TAG}"
 LIVENESS_PORT = 18080
 MEASUREMENTS: list[str] = []
 """Figures the tests measured, printed in the terminal summary."""

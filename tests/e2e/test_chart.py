@@ -41,15 +41,15 @@ import yaml
 from tests.cluster import config as cluster_config
 from tests.cluster.procs import wait_for
 
-from .chart_operator import split_image
+from .chart_operator import E2E_TAG, split_image
 
 pytestmark = pytest.mark.cluster
 
 REPO = Path(__file__).resolve().parent.parent.parent
 CHART = REPO / "charts" / "bndl"
 EXAMPLE = REPO / "examples" / "diamond.yaml"
-OPERATOR_TAG = "localhost/bndl-operator:e2e"
-WORKER_TAG = "localhost/bndl-worker:e2e"
+OPERATOR_TAG = f"localhost/bndl-operator:{E2E_TAG}"
+WORKER_TAG = f"localhost/bndl-worker:{E2E_TAG}"
 RESTRICTED = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
