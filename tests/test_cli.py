@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,16 @@ from bndl.manifest import load_plan
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def bndl(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def bndl(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "bndl.cli", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
+        env=env,
     )
 
 
@@ -131,3 +135,38 @@ def test_many_problems_are_summarised(tmp_path: Path, capsys: pytest.CaptureFixt
     err = capsys.readouterr().err
     assert "(60 problem(s))" in err and err.rstrip().endswith("... and 10 more")
     assert len(err.splitlines()) == 1 + 50 + 1
+
+
+def test_bndl_has_the_cluster_commands_of_kubectl_bndl() -> None:
+    done = bndl("--help")
+    assert done.returncode == 0, done.stderr
+    for command in ("run", "validate", "submit", "get", "results", "logs", "profile", "delete"):
+        assert command in done.stdout
+    for command, flags in (
+        ("submit", ("--watch", "--timeout", "--no-progress")),
+        ("logs", ("--task",)),
+        ("get", ("--all-namespaces",)),
+    ):
+        usage = bndl(command, "--help").stdout
+        for flag in (*flags, "--namespace", "--kubeconfig", "--context"):
+            assert flag in usage, (command, flag)
+
+
+def test_run_and_validate_need_no_operator_extra_and_the_cluster_commands_say_so(
+    tmp_path: Path,
+) -> None:
+    for name in ("kubernetes", "kopf"):  # importable names that fail, as when not installed
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text(f"raise ImportError('no {name} here')\n")
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    done = bndl("run", "examples/diamond.yaml", "--no-progress", env=env)
+    assert (done.returncode, done.stdout) == (0, '{"task": "d", "result": 16}\n'), done.stderr
+    assert bndl("validate", "examples/diamond.yaml", env=env).returncode == 0
+    for command in (["get"], ["results", "diamond"], ["submit", "examples/diamond.yaml"]):
+        done = bndl(*command, env=env)
+        assert done.returncode in (1, 2) and "Traceback" not in done.stderr
+        assert done.stderr == (
+            f"bndl {command[0]}: talking to a cluster needs the kubernetes package: "
+            "pip install 'bndl-kubernetes[operator]'\n"
+        )

@@ -280,6 +280,88 @@ def test_results_profile_and_delete() -> None:
     assert code == 1 and "bndl delete: bndljob team/squares: not found" in err
 
 
+def test_results_too_big_for_the_status_are_read_from_the_config_map(tmp_path: Path) -> None:
+    api = FakeApi()
+    client.submit(JOB, api=api)  # type: ignore[arg-type]
+    stored = {"name": "squares-results", "results": 3, "omitted": 1}
+    api.statuses = [
+        status("Succeeded", 3, results={"a": 1}, resultsOmitted=3, resultsConfigMap=stored)
+    ]
+    api.config_maps[("team", "squares-results")] = {
+        "data": {
+            "results.jsonl": '{"task": "a", "result": 1}\n{"task": "b", "result": [2]}\n'
+            '{"task": "c", "result": "three"}\n',
+            "omitted": "1",
+        }
+    }
+    code, out, err = cli(api, "results", "squares")
+    assert code == 0
+    assert out.splitlines() == [
+        '{"task": "a", "result": 1}',
+        '{"task": "b", "result": [2]}',
+        '{"task": "c", "result": "three"}',
+    ]
+    assert "(1 results did not fit in configmap squares-results)" in err
+    assert client.results("squares", api=api) == {"a": 1, "b": [2], "c": "three"}  # type: ignore[arg-type]
+    code, out, _ = cli(api, "submit", str(job_file(tmp_path)), "--watch", "--no-progress")
+    assert code == 0 and len(out.splitlines()) == 3  # --watch prints them all too
+    del api.config_maps[("team", "squares-results")]  # gone: what the status kept
+    found = client.read_results("squares", api=api)  # type: ignore[arg-type]
+    assert (found.values, found.omitted, found.source) == ({"a": 1}, 3, "the job's status")
+
+
+def test_submit_watch_of_a_profiled_job_prints_its_profile_once_written(tmp_path: Path) -> None:
+    api = FakeApi()
+    profiled = JOB.replace("spec:\n", "spec:\n  profiling: {cpu: true}\n")
+    api.statuses = [status("Succeeded", 3, results={"a": 1})]
+    api.config_maps[("team", "squares-profile")] = {"data": {"profile.txt": "CPU: m.py:f\n"}}
+    code, out, err = cli(api, "submit", str(job_file(tmp_path, profiled)), "--watch")
+    assert (code, out) == (0, '{"task": "a", "result": 1}\n')
+    assert err.endswith("\nCPU: m.py:f\n")  # after the progress bar, like bndl run's
+    code, _, err = cli(api, "submit", str(job_file(tmp_path)), "--watch")  # none asked for
+    assert code == 0 and "CPU" not in err
+    # written a moment after the final phase: waited for, within a bound
+    del api.config_maps[("team", "squares-profile")]
+    now, sleeps = [0.0], []
+
+    def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        now[0] += seconds
+        if len(sleeps) == 2:
+            api.config_maps[("team", "squares-profile")] = {"data": {"profile.txt": "late\n"}}
+
+    def wait(timeout: float) -> str:
+        fake: Any = api
+        return client.wait_profile(
+            "squares", None, timeout, api=fake, clock=lambda: now[0], sleep=sleep
+        )
+
+    assert wait(10) == "late\n" and sleeps == [1.0, 1.0]
+    del api.config_maps[("team", "squares-profile")]
+    with pytest.raises(JobNotFound, match="has no profile \\(yet\\)"):
+        wait(1.5)
+    assert client.profiled(client.load_manifest(profiled))
+    assert not client.profiled(client.load_manifest(JOB))
+
+
+def test_logs_after_a_failure_show_the_failed_task_s_output_from_the_status() -> None:
+    api = FakeApi()
+    client.submit(JOB, api=api)  # type: ignore[arg-type]
+    failed = {"id": "b", "output": "loading\nTraceback ... ValueError: bad row 7\n"}
+    api.statuses = [status("Failed", reason="TaskFailed", message="...", failedTask=failed)]
+    code, out, err = cli(api, "logs", "squares")  # no pods: cleanupPolicy deleted them
+    assert code == 0, err
+    assert out == (
+        "==> task b (failed the job; the end of its output, kept in the status) <==\n"
+        "loading\nTraceback ... ValueError: bad row 7\n"
+    )
+    assert cli(api, "logs", "squares", "--task", "b")[1] == out
+    code, out, err = cli(api, "logs", "squares", "--task", "a")
+    assert (code, out) == (0, "") and "no lines of task 'a'" in err
+    assert client.failed_task({"failedTask": {"id": "x"}}) == ("x", "")
+    assert client.failed_task({}) is None
+
+
 def test_logs_of_a_task_include_a_restarted_container_s_previous_log() -> None:
     api = FakeApi()
     client.submit(JOB, api=api)  # type: ignore[arg-type]

@@ -3,7 +3,8 @@ ran, make big results, or kill their own worker.
 
 ``where`` tells which pod (host), process and time a task ran at, so a restarted operator can be
 seen not to run a task twice; ``blob`` makes a large result that should stay on its worker;
-``crash`` kills the worker process as a segfault or the OOM killer would.
+``crash`` kills the worker process as a segfault or the OOM killer would; ``spin`` burns CPU (a
+profile names it); ``text`` makes a large JSON-able result; ``shout`` prints, then fails.
 """
 
 from __future__ import annotations
@@ -51,3 +52,24 @@ def crash(code: int = 1) -> None:
 def hosts(reports: Iterable[dict[str, Any]]) -> list[str]:
     """The hosts (pods) that ran the tasks reported by ``where``, sorted."""
     return sorted({r["host"] for r in reports})
+
+
+def spin(seconds: float) -> int:
+    """Keep a core busy for ``seconds``; how many rounds that took."""
+    rounds = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        rounds += sum(range(1000)) > 0
+    return rounds
+
+
+def text(size: int, seed: int = 0) -> str:
+    """A string of ``size`` characters (a result too big for a job's status)."""
+    return (str(seed % 10) * size)[:size]
+
+
+def shout(*lines: str) -> None:
+    """Print ``lines``, then fail naming the last one."""
+    for line in lines:
+        print(line, flush=True)
+    raise RuntimeError(f"shouted {len(lines)} lines, the last: {lines[-1] if lines else ''}")

@@ -1,11 +1,15 @@
-"""The ``bndl`` command: run a BndlJob manifest on worker processes of this machine.
+"""The ``bndl`` command: run a BndlJob manifest on this machine, or on a cluster.
 
 ``bndl run job.yaml`` checks the manifest (schema, ids, cycles, importable functions) before it
 starts any worker, runs the job on a local cluster with a progress bar on stderr, and prints the
 result of each sink task (one that no other task depends on: the job's answer) as a JSON line on
-stdout; ``--all-results`` prints every task's. ``bndl validate job.yaml`` only checks.
+stdout; ``--all-results`` prints every task's. ``bndl validate job.yaml`` only checks. Either
+refuses a manifest that expands to more than ``--max-tasks`` tasks before making any.
 
-Either refuses a manifest that expands to more than ``--max-tasks`` tasks before making any.
+``bndl submit|get|results|logs|profile|delete`` work with BndlJobs on a Kubernetes cluster, with
+the user's kubeconfig and context (``bndl.k8s.cli``, also the kubectl plugin ``kubectl bndl``).
+They are imported only when used: ``run`` and ``validate`` need neither the cluster code nor the
+``operator`` extra (kubernetes, kopf).
 """
 
 from __future__ import annotations
@@ -37,8 +41,17 @@ MAX_PROBLEMS_SHOWN = 50
 """Problems of an invalid manifest printed one per line; the rest are counted."""
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bndl", description=__doc__)
+LOCAL_COMMANDS = frozenset({"run", "validate"})
+"""The commands that run on this machine; every other one may be a cluster command."""
+CLUSTER_EXTRA = "pip install 'bndl-kubernetes[operator]'"
+
+
+def _parser(cluster: bool = True) -> argparse.ArgumentParser:
+    """The ``bndl`` parser; with ``cluster``, also the cluster subcommands (this imports
+    :mod:`bndl.k8s.cli`, but not the kubernetes package)."""
+    parser = argparse.ArgumentParser(
+        prog="bndl", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="run a BndlJob manifest on local worker processes")
     run.add_argument("manifest", type=Path, help="a YAML file with a kind: BndlJob document")
@@ -63,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
             metavar="N",
             help=f"refuse a job of more than N tasks (default: {DEFAULT_MAX_TASKS:,})",
         )
+    if cluster:
+        from bndl.k8s.cli import add_commands
+
+        add_commands(commands)
     return parser
 
 
@@ -93,7 +110,20 @@ def _report_invalid(path: Path, error: ManifestError) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    local = bool(argv) and argv[0] in LOCAL_COMMANDS
+    try:
+        parser = _parser(cluster=not local)
+    except ImportError as e:  # a partial install: the cluster code or its dependencies missing
+        print(
+            f"bndl: the cluster commands are not available ({e}): {CLUSTER_EXTRA}", file=sys.stderr
+        )
+        return EXIT_INVALID
+    args = parser.parse_args(argv)
+    if args.command not in LOCAL_COMMANDS:
+        from bndl.k8s import cli as cluster_cli
+
+        return cluster_cli.run(args)
     if args.max_tasks < 1:
         print(f"--max-tasks must be at least 1, not {args.max_tasks}", file=sys.stderr)
         return EXIT_INVALID

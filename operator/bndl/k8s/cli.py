@@ -1,11 +1,14 @@
 """``bndl submit|get|results|logs|profile|delete``: the ``bndl`` command for jobs on a cluster.
 
 :func:`main` is the kubectl plugin ``kubectl-bndl`` (``kubectl bndl submit job.yaml --watch``);
-:func:`add_commands` adds the same subcommands to another parser (``bndl``'s) and :func:`run`
-runs one. The work is done by :mod:`bndl.k8s.client` with the user's kubeconfig and
-context (``--kubeconfig``, ``--context``, ``-n``). ``submit --watch`` shows the progress bar of
-``bndl run`` from the job's status, then its results, and exits like ``argo submit --wait``:
-0 when it Succeeded, 1 when it Failed or was Cancelled (with the reason and message).
+:func:`add_commands` adds the same subcommands to ``bndl``'s parser (:mod:`bndl.cli`) and
+:func:`run` runs one: one implementation, two entry points. The work is done by
+:mod:`bndl.k8s.client` with the user's kubeconfig and context (``--kubeconfig``, ``--context``,
+``-n``), like kubectl. ``submit --watch`` shows the progress bar of ``bndl run`` from the job's
+status, then its sink results, and exits like ``argo submit --wait``: 0 when it Succeeded, 1 when
+it Failed or was Cancelled (with the reason and message). ``results`` reads the job's
+``<job>-results`` ConfigMap when its status could not hold them all; ``logs`` shows what a failed
+task printed, from the status, after its worker pods are gone.
 """
 
 from __future__ import annotations
@@ -42,9 +45,14 @@ def add_commands(commands: Any) -> None:
     get = commands.add_parser("get", help="list BndlJobs (or show one) like kubectl get")
     get.add_argument("job", nargs="?")
     get.add_argument("--all-namespaces", "-A", action="store_true")
-    results = commands.add_parser("results", help="a job's results (JSON lines, like bndl run)")
+    results = commands.add_parser(
+        "results", help="a job's sink results (JSON lines, like bndl run)"
+    )
     results.add_argument("job")
-    logs = commands.add_parser("logs", help="the logs of a job's worker pods")
+    logs = commands.add_parser(
+        "logs",
+        help="what a job's tasks printed (a failed task's output also after its pod is gone)",
+    )
     logs.add_argument("job")
     logs.add_argument("--task", help="only the lines that runs of this task printed")
     profile = commands.add_parser("profile", help="the merged profile of a spec.profiling job")
@@ -59,7 +67,11 @@ def add_commands(commands: Any) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``kubectl-bndl``: the cluster subcommands of ``bndl``."""
-    parser = argparse.ArgumentParser(prog="kubectl bndl", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="kubectl bndl",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_commands(parser.add_subparsers(dest="command", required=True))
     return run(parser.parse_args(argv))
 
@@ -83,8 +95,9 @@ def run(
 
 
 def _submit(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    name = client.submit(args.manifest, args.namespace, api=api)
-    namespace = args.namespace or client.load_manifest(args.manifest)["metadata"].get("namespace")
+    manifest = client.load_manifest(args.manifest)
+    name = client.submit(manifest, args.namespace, api=api)
+    namespace = args.namespace or manifest["metadata"].get("namespace")
     where = f"{namespace or api.default_namespace}/{name}"
     print(f"bndljob {where} submitted", file=err)
     if not args.watch:
@@ -102,7 +115,12 @@ def _submit(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> i
     except KeyboardInterrupt:
         print(f"stopped watching; the job runs on (bndl delete {name} to cancel it)", file=err)
         return EXIT_INTERRUPTED
-    _print_results(latest, out, err)
+    _print_results(client.read_results(name, namespace, api=api, job_status=latest), out, err)
+    if client.profiled(manifest):  # on stderr, like bndl run's
+        try:
+            err.write("\n" + client.wait_profile(name, namespace, api=api))
+        except client.JobNotFound as e:
+            print(f"no profile: {e}", file=err)
     return _verdict(name, latest, err)
 
 
@@ -133,12 +151,11 @@ def counts_of(status: Mapping[str, Any]) -> Counts | None:
     )
 
 
-def _print_results(status: Mapping[str, Any], out: IO[str], err: IO[str]) -> None:
-    for task, result in (status.get("results") or {}).items():
+def _print_results(found: client.Results, out: IO[str], err: IO[str]) -> None:
+    for task, result in found.values.items():
         print(json.dumps({"task": task, "result": result}), file=out, flush=True)
-    omitted = status.get("resultsOmitted")
-    if omitted:
-        print(f"({omitted} results did not fit in the job's status)", file=err)
+    if found.omitted:
+        print(f"({found.omitted} results did not fit in {found.source})", file=err)
 
 
 def _get(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
@@ -156,22 +173,32 @@ def _get(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def _results(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    _print_results(client.status(args.job, args.namespace, api=api), out, err)
+    _print_results(client.read_results(args.job, args.namespace, api=api), out, err)
     return 0
 
 
 def _logs(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
     found = client.logs(args.job, args.namespace, args.task, api=api)
-    if not found:
-        what = f"no lines of task {args.task!r}" if args.task else "no worker pods"
-        print(f"{what} (worker pods are deleted by the job's cleanupPolicy)", file=err)
-        status = client.status(args.job, args.namespace, api=api)
-        if status.get("message"):  # a failed task's message ends with the tail of its output
-            print(f"the job's status: {status.get('phase')}: {status['message']}", file=err)
-        return 0
     for log in found:
         print(f"==> pod {log.pod}{' (previous container)' if log.previous else ''} <==", file=out)
         out.write(log.text if log.text.endswith("\n") else log.text + "\n")
+    if found:
+        return 0
+    # no pods (cleanupPolicy deletes them) or none with the task's lines: what the status kept
+    status = client.status(args.job, args.namespace, api=api)
+    failed = client.failed_task(status)
+    if failed is not None and args.task in (None, failed[0]):
+        task, output = failed
+        print(
+            f"==> task {task} (failed the job; the end of its output, kept in the status) <==",
+            file=out,
+        )
+        out.write(output if output.endswith("\n") or not output else output + "\n")
+        return 0
+    what = f"no lines of task {args.task!r}" if args.task else "no worker pods"
+    print(f"{what} (worker pods are deleted by the job's cleanupPolicy)", file=err)
+    if status.get("message"):
+        print(f"the job's status: {status.get('phase')}: {status['message']}", file=err)
     return 0
 
 

@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from bndl.k8s import results as job_results
 from bndl.k8s.builders import LABEL_COMPONENT, LABEL_JOB_UID, WORKER_CONTAINER, JobRef
 from bndl.k8s.profiling import PROFILE_KEY, config_map_name
 from bndl.manifest import API_VERSION, GROUP, KIND, PLURAL, VERSION
@@ -33,6 +34,8 @@ FINISHED = ("Succeeded", "Failed", "Cancelled")
 """Phases a job does not leave."""
 DEFAULT_POLL = 1.0
 """Seconds between reads of a job's status while waiting for it."""
+PROFILE_WAIT = 60.0
+"""Seconds :func:`wait_profile` waits for a finished job's profile (merging takes a moment)."""
 REQUEST_TIMEOUT = 30.0
 """Seconds one API request may take (an unreachable server is an error, not a hang)."""
 
@@ -324,9 +327,56 @@ def wait(
     return last
 
 
+@dataclass(frozen=True, slots=True)
+class Results:
+    """A job's sink results by task id, how many were left out, and where they were read (the
+    job's status, or its ``<job>-results`` ConfigMap when the status could not hold them)."""
+
+    values: dict[str, Any]
+    omitted: int
+    source: str
+
+
+def read_results(
+    name: str,
+    namespace: str | None = None,
+    *,
+    api: Api | None = None,
+    job_status: Mapping[str, Any] | None = None,
+) -> Results:
+    """The job's sink results: from its results ConfigMap when the status names one (900 KiB
+    of JSON at most), else from the status (16 KiB at most). ``job_status`` saves a read."""
+    api = api or Api()
+    ns = _namespace(api, namespace)
+    st = status(name, ns, api=api) if job_status is None else job_status
+    stored = job_results.summary(st)
+    if stored:
+        try:
+            data = api.get_config_map(ns, str(stored["name"])).get("data") or {}
+            return Results(
+                job_results.parse(str(data.get(job_results.RESULTS_KEY, ""))),
+                int(data.get(job_results.OMITTED_KEY, 0) or 0),
+                f"configmap {stored['name']}",
+            )
+        except JobNotFound:  # deleted by hand: what the status kept is still there
+            pass
+    return Results(
+        dict(st.get("results") or {}), int(st.get("resultsOmitted") or 0), "the job's status"
+    )
+
+
 def results(name: str, namespace: str | None = None, *, api: Api | None = None) -> dict[str, Any]:
-    """The results in the job's status (sink tasks first, 16 KiB of JSON at most), by task id."""
-    return dict(status(name, namespace, api=api).get("results") or {})
+    """The job's sink results by task id (:func:`read_results`)."""
+    return read_results(name, namespace, api=api).values
+
+
+def failed_task(job_status: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The id of the task that failed the job and the end of what it printed (kept in the
+    status: its worker pod is deleted by the default cleanupPolicy); None if none did."""
+    failed = job_status.get("failedTask")
+    if not isinstance(failed, Mapping) or not failed.get("id"):
+        return None
+    return str(failed["id"]), str(failed.get("output") or "")
 
 
 def delete(name: str, namespace: str | None = None, *, api: Api | None = None) -> None:
@@ -351,6 +401,34 @@ def profile(name: str, namespace: str | None = None, *, api: Api | None = None) 
             404,
         ) from e
     return str((config_map.get("data") or {}).get(PROFILE_KEY, ""))
+
+
+def profiled(manifest: Mapping[str, Any]) -> bool:
+    """Whether the BndlJob asks for a profile (``spec.profiling.cpu`` or ``.memory``)."""
+    spec = (manifest.get("spec") or {}).get("profiling") or {}
+    return bool(spec.get("cpu") or spec.get("memory"))
+
+
+def wait_profile(
+    name: str,
+    namespace: str | None = None,
+    timeout: float = PROFILE_WAIT,
+    *,
+    api: Api | None = None,
+    poll: float = DEFAULT_POLL,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """:func:`profile`, waiting up to ``timeout`` seconds for it: the operator writes it just
+    after a job's final phase."""
+    deadline = clock() + timeout
+    while True:
+        try:
+            return profile(name, namespace, api=api)
+        except JobNotFound:
+            if clock() >= deadline:
+                raise
+        sleep(poll)
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,12 +17,12 @@ import asyncio
 import tracemalloc
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
-from urllib.parse import quote
 
 from bndl.driver import HttpWorker
 from bndl.execute.profile import cpu_stats_of, format_cpu_top, format_memory_top
+from bndl.k8s import configmaps
 from bndl.k8s.builders import JobRef, labels, owner_reference
-from bndl.k8s.kube import MERGE_PATCH, Kube, KubeError
+from bndl.k8s.kube import Kube
 from bndl.manifest import Profiling
 from bndl.wire import merge_cpu_stats
 
@@ -131,26 +131,8 @@ def profile_config_map(ref: JobRef, text: str) -> dict[str, Any]:
     }
 
 
-def _config_maps(namespace: str, name: str | None = None) -> str:
-    out = f"/api/v1/namespaces/{quote(namespace, safe='')}/configmaps"
-    return out if name is None else f"{out}/{quote(name, safe='')}"
-
-
 async def save(kube: Kube, ref: JobRef, text: str) -> str:
     """Write the summary to the job's profile ConfigMap (created, or its data replaced when it
     exists: an operator that adopted the job collects again); returns the ConfigMap's name.
     Raises :class:`~bndl.k8s.kube.KubeError` like every write of the operator."""
-    body = profile_config_map(ref, text)
-    name = body["metadata"]["name"]
-    try:
-        await kube.request("POST", _config_maps(ref.namespace), body=body)
-    except KubeError as e:
-        if e.status != 409:
-            raise
-        await kube.request(
-            "PATCH",
-            _config_maps(ref.namespace, name),
-            body={"data": body["data"]},
-            content_type=MERGE_PATCH,
-        )
-    return str(name)
+    return await configmaps.put(kube, profile_config_map(ref, text))

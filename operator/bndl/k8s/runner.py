@@ -40,6 +40,7 @@ from bndl.execute.job import Job, Task
 from bndl.execute.scheduler import Adopted, Scheduler, WorkerKilledByTask, root_exc
 from bndl.jobs import build_job
 from bndl.k8s import builders, profiling
+from bndl.k8s import results as job_results
 from bndl.k8s.builders import JobRef
 from bndl.k8s.children import ChildConflict, Children
 from bndl.k8s.events import post_event
@@ -635,6 +636,8 @@ class JobRunner:
         output = (getattr(root, "task_output", "") or "")[-2000:]
         if output:  # what the task printed: the worker pod may be gone when someone looks
             message += f"\n--- its output (end) ---\n{output}"
+        if failed is not None:
+            self.status.failed_task = {"id": str(failed.id), "output": output}
         raise JobEnded(Phase.FAILED, Reason.TASK_FAILED, message)
 
     async def _poison(self, error: WorkerKilledByTask) -> str:
@@ -678,6 +681,10 @@ class JobRunner:
         done = await asyncio.to_thread(read)
         self.status.results, self.status.results_omitted = small_results(
             done, [str(t.id) for t in sinks]
+        )
+        # all of them (bounded) in <job>-results when the status could not hold them
+        self.status.results_config_map = await job_results.keep(
+            self.kube, self.ref, done, len(self.status.results)
         )
 
     # ----------------------------------------------------------------------- suspension

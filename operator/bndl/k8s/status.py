@@ -108,6 +108,12 @@ class JobStatus:
     conditions: dict[str, dict[str, Any]] = field(default_factory=dict)
     results: dict[str, Any] = field(default_factory=dict)
     results_omitted: int = 0
+    results_config_map: dict[str, Any] = field(default_factory=dict)
+    """``{name, results, omitted}`` of the ConfigMap holding every sink result
+    (:mod:`bndl.k8s.results`), when the status could not."""
+    failed_task: dict[str, Any] = field(default_factory=dict)
+    """``{id, output}``: the task that failed the job and the end of what it printed (its worker
+    pod may be gone when someone looks)."""
     selector: str = ""
     base: dict[str, int] = field(default_factory=dict)
     """Counts of earlier operator incarnations (read back at resume), added to this one's."""
@@ -140,6 +146,13 @@ class JobStatus:
             out.results = dict(results)
         omitted = status.get("resultsOmitted")
         out.results_omitted = omitted if isinstance(omitted, int) else 0
+        for key, attr in (
+            ("resultsConfigMap", "results_config_map"),
+            ("failedTask", "failed_task"),
+        ):
+            value = status.get(key)
+            if isinstance(value, Mapping):
+                setattr(out, attr, dict(value))
         checkpoint = status.get("checkpoint")
         if isinstance(checkpoint, Mapping):
             out.checkpoint = dict(checkpoint)
@@ -224,6 +237,10 @@ class JobStatus:
             out["results"] = dict(self.results)
         if self.results_omitted:
             out["resultsOmitted"] = self.results_omitted
+        if self.results_config_map:
+            out["resultsConfigMap"] = dict(self.results_config_map)
+        if self.failed_task:
+            out["failedTask"] = dict(self.failed_task)
         if self.selector:
             out["selector"] = self.selector
         if self.checkpoint:
