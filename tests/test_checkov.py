@@ -170,7 +170,8 @@ def test_a_jobs_children_fail_no_checkov_check_but_the_allowed(
     checkov: str, manifests: Path
 ) -> None:
     plan = load_plan(REPO / "examples" / "diamond.yaml")
-    objs = children(JobRef("j", "ns", "uid"), plan, BuildSettings(), "token")
+    settings = BuildSettings(worker_metrics_port=9470)  # its NetworkPolicy rule and pod port too
+    objs = children(JobRef("j", "ns", "uid"), plan, settings, "token")
     (manifests / "children.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
     judge("children", *scan(checkov, manifests))
 

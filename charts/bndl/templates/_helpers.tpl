@@ -75,6 +75,9 @@ Value combinations the schema cannot express. Each failure names the values to c
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled requires metrics.enabled=true: the ServiceMonitor scrapes the metrics Service" }}
 {{- end }}
+{{- if and .Values.metrics.podMonitor.enabled (not .Values.metrics.enabled) }}
+{{- fail "metrics.podMonitor.enabled requires metrics.enabled=true: without it workers serve no metrics" }}
+{{- end }}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.operator.healthPort)) }}
 {{- fail (printf "metrics.port and operator.healthPort must differ (both are %v)" .Values.metrics.port) }}
 {{- end }}

@@ -1,10 +1,11 @@
 """``python -m bndl.k8s``: run the BndlJob operator (see ``--help``).
 
-The process serves its health endpoint at once; with ``--leader-election`` it then stands by
-until it holds the Lease, and only the leader runs kopf (and so the jobs). A leader that loses the
-Lease stops at once, without cancelling anything: the workers keep their runs for the new leader,
-which adopts them. On SIGTERM (an upgrade, a deleted pod) kopf stops the job runners (they detach),
-then the Lease is released so that the standby takes over without waiting out the lease.
+The process serves its health endpoint (and its metrics, with ``--metrics-port``) at once; with
+``--leader-election`` it then stands by until it holds the Lease, and only the leader runs kopf (and
+so the jobs). A leader that loses the Lease stops at once, without cancelling anything: the workers
+keep their runs for the new leader, which adopts them. On SIGTERM (an upgrade, a deleted pod) kopf
+stops the job runners (they detach), then the Lease is released so that the standby takes over
+without waiting out the lease.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import kopf
 
 from bndl.k8s.handlers import Operator
-from bndl.k8s.health import serve_health
+from bndl.k8s.health import serve_health, serve_metrics
 from bndl.k8s.leader import LeaderElector, LostLeadership
 from bndl.k8s.settings import OperatorSettings, parse
 
@@ -31,6 +32,8 @@ async def run_operator(settings: OperatorSettings) -> int:
     """Serve health, win the Lease (when configured), run kopf; the process's exit code."""
     operator = Operator(settings)
     health = await serve_health(settings.liveness, operator.health) if settings.liveness else None
+    metrics = operator.metrics.exposition
+    scrape = await serve_metrics(settings.metrics_port, metrics) if settings.metrics_port else None
     await operator.start()
     assert operator.kube is not None
     elector: LeaderElector | None = None
@@ -77,8 +80,9 @@ async def run_operator(settings: OperatorSettings) -> int:
         if elector is not None and code == 0:
             await elector.release()
         await operator.stop()
-        if health is not None:
-            await health.cleanup()
+        for site in (health, scrape):
+            if site is not None:
+                await site.cleanup()
     return code
 
 

@@ -66,6 +66,9 @@ class BuildSettings:
     )
     """Resources of the worker container when the job's template gives none: never BestEffort
     (the first pods a pressured node evicts), and a runaway task is an OOMKilled pod."""
+    worker_metrics_port: int | None = None
+    """Port of the workers' Prometheus endpoint (``/metrics``), admitted from the whole cluster by
+    the job's NetworkPolicy and announced by ``prometheus.io/*`` pod annotations; None: off."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,7 +178,8 @@ def service(job: JobRef, plan: JobPlan) -> dict[str, Any]:
 
 
 def network_policy(job: JobRef, plan: JobPlan, settings: BuildSettings) -> dict[str, Any]:
-    """Only the operator and the job's own workers may reach the worker port."""
+    """Only the operator and the job's own workers may reach the worker port; any pod of the
+    cluster may reach the metrics port (when there is one: read-only counts, no code runs)."""
     operator: dict[str, Any] = {"podSelector": {"matchLabels": dict(settings.operator_labels)}}
     if settings.operator_namespace is None:
         operator["namespaceSelector"] = {}
@@ -192,9 +196,20 @@ def network_policy(job: JobRef, plan: JobPlan, settings: BuildSettings) -> dict[
         "spec": {
             "podSelector": {"matchLabels": selector(job)},
             "policyTypes": ["Ingress"],
-            "ingress": [{"from": peers, "ports": [{"protocol": "TCP", "port": plan.workers.port}]}],
+            "ingress": [
+                {"from": peers, "ports": [{"protocol": "TCP", "port": plan.workers.port}]},
+                *_metrics_ingress(settings),
+            ],
         },
     }
+
+
+def _metrics_ingress(settings: BuildSettings) -> list[dict[str, Any]]:
+    port = settings.worker_metrics_port
+    if port is None:
+        return []
+    # Every pod of every namespace (a Prometheus anywhere in the cluster), only this port.
+    return [{"from": [{"namespaceSelector": {}}], "ports": [{"protocol": "TCP", "port": port}]}]
 
 
 def stateful_set(
@@ -221,6 +236,13 @@ def pod_template(job: JobRef, plan: JobPlan, settings: BuildSettings) -> dict[st
     template = copy.deepcopy(dict(plan.workers.template or {}))
     meta = template.setdefault("metadata", {})
     meta["labels"] = {**(meta.get("labels") or {}), **labels(job)}
+    if settings.worker_metrics_port is not None:
+        meta["annotations"] = {
+            **(meta.get("annotations") or {}),
+            "prometheus.io/scrape": "true",
+            "prometheus.io/port": str(settings.worker_metrics_port),
+            "prometheus.io/path": "/metrics",
+        }
     spec = template.setdefault("spec", {})
     spec.setdefault("automountServiceAccountToken", False)
     spec.setdefault("terminationGracePeriodSeconds", settings.termination_grace_seconds)
@@ -283,6 +305,8 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
         f"--port={port}",
         f"--url=http://$(BNDL_POD_IP):{port}",
     ]
+    if settings.worker_metrics_port is not None:
+        c["args"].append(f"--metrics-port={settings.worker_metrics_port}")
     env: list[dict[str, Any]] = [
         {"name": "BNDL_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "BNDL_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
@@ -295,8 +319,13 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
         env.append({"name": "PYTHONPATH", "value": ":".join(path)})
     ours = {e["name"] for e in env}
     c["env"] = env + [e for e in c.get("env") or [] if e.get("name") not in ours]
-    ports = [p for p in c.get("ports") or [] if p.get("name") != "bndl"]
-    c["ports"] = [{"name": "bndl", "containerPort": port, "protocol": "TCP"}, *ports]
+    ports = [p for p in c.get("ports") or [] if p.get("name") not in ("bndl", "metrics")]
+    named: list[dict[str, Any]] = [{"name": "bndl", "containerPort": port, "protocol": "TCP"}]
+    if settings.worker_metrics_port is not None:
+        named.append(
+            {"name": "metrics", "containerPort": settings.worker_metrics_port, "protocol": "TCP"}
+        )
+    c["ports"] = [*named, *ports]
     mounts = c.setdefault("volumeMounts", [])
     mounts.append({"name": "bndl-secret", "mountPath": SECRET_DIR, "readOnly": True})
     mounts.append({"name": "bndl-tmp", "mountPath": TMP_DIR})

@@ -18,6 +18,7 @@ import aiohttp
 import kopf
 
 from bndl.k8s.kube import Kube
+from bndl.k8s.metrics import OperatorMetrics
 from bndl.k8s.podwatch import PodWatch
 from bndl.k8s.runner import BEAT, JobRunner, Shared
 from bndl.k8s.settings import OperatorSettings
@@ -45,6 +46,7 @@ class Operator:
         self.shared: Shared | None = None
         self.lag = 0.0
         self.role = "standby"
+        self.metrics = OperatorMetrics(lag=lambda: self.lag)
         self._monitor: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -62,7 +64,7 @@ class Operator:
             pods = PodWatch(self.kube, self.settings.namespaces)
             pods.start()
             self.shared = Shared(
-                self.kube, self.session, self.settings, pods, NodeLabels(self.kube)
+                self.kube, self.session, self.settings, pods, NodeLabels(self.kube), self.metrics
             )
         self.role = "leader"
         return self.shared
@@ -142,7 +144,9 @@ class Operator:
                 self.runners.pop(uid, None)
 
         @kopf.on.event(*resource, registry=registry)
-        def changed(body: kopf.Body, **_: Any) -> None:
+        def changed(body: kopf.Body, type: str | None, **_: Any) -> None:
+            if type == "DELETED":
+                self.metrics.forget(body.metadata.uid or "")
             runner = self.runners.get(body.metadata.uid or "")
             if runner is not None:
                 runner.poke()

@@ -26,6 +26,16 @@ CAP = 15.0
 """Longest backoff in seconds."""
 
 
+class Tally:
+    """How many API calls this process retried (every backoff taken), for ``/metrics``."""
+
+    def __init__(self) -> None:
+        self.retries = 0
+
+
+TALLY = Tally()
+
+
 def transient(error: KubeError) -> bool:
     """Whether an API error may go away by itself."""
     return error.status in (0, 408, 409, 429) or error.status >= 500
@@ -42,6 +52,7 @@ class Backoff:
     def next(self) -> float:
         delay = min(self.cap, self.initial * 2.0**self.failures)
         self.failures += 1
+        TALLY.retries += 1
         return delay * (0.5 + random.random() / 2)
 
     def reset(self) -> None:

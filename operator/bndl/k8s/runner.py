@@ -45,6 +45,7 @@ from bndl.k8s.builders import JobRef
 from bndl.k8s.children import ChildConflict, Children
 from bndl.k8s.events import post_event
 from bndl.k8s.kube import Kube, KubeError, path
+from bndl.k8s.metrics import OperatorMetrics, metered
 from bndl.k8s.podwatch import PodWatch
 from bndl.k8s.resume import job_prefix, survey
 from bndl.k8s.retry import retrying
@@ -99,6 +100,7 @@ class Shared:
     settings: OperatorSettings
     pods: PodWatch
     nodes: NodeLabels
+    metrics: OperatorMetrics = field(default_factory=OperatorMetrics)
     counters: dict[str, float] = field(default_factory=dict)
 
 
@@ -126,6 +128,7 @@ class JobRunner:
             self.settings.status_interval,
         )  # fmt: skip
         self.children = Children(self.kube, self.ref, self.settings.build)
+        self.meter = shared.metrics.job(self.ref, self.status)
         self.incarnation = secrets.token_hex(4)
         self.job_key = f"{job_prefix(self.ref.uid)}{self.incarnation}"
         self.wake = asyncio.Event()
@@ -195,6 +198,7 @@ class JobRunner:
         self.status.generation = self.generation
         if self.scheduler is not None:
             self.status.counts = self.scheduler.counts()
+            self.meter.sample(self.status.counts)
         ready = len(self.workers) if self.workers is not None else 0
         self.status.set_workers(ready, self._desired())
         return self.status.body()
@@ -257,6 +261,7 @@ class JobRunner:
         self.workers = WorkerPods(
             self.ref.name, self.plan.workers.port, self.shared.session, self._loop,
             self.shared.nodes, lambda name: self.shared.pods.pod(self.ref.uid, name),
+            metered(self.meter),
         )  # fmt: skip
         self.workers.token = self.children.token
         while True:
@@ -474,6 +479,7 @@ class JobRunner:
         )
         self.job.counter = self.scheduler.counts
         counts = self.scheduler.counts()
+        self.meter.started(counts)
         # Dispatch first, report after: the status and event writes are not on the way.
         self.scheduler.start()
         self._log_first_dispatch()
@@ -554,6 +560,7 @@ class JobRunner:
         if self.first_dispatch is not None or self.workers.ready_at is None:
             return
         self.first_dispatch = time.monotonic()
+        self.meter.first_dispatch(self.first_dispatch - self.workers.ready_at)
         created = parse_timestamp(self.body["metadata"]["creationTimestamp"])
         log.info(
             "%s: first dispatch %.1f ms after the last worker was seen Ready, %.1f s after the "

@@ -39,6 +39,8 @@ class OperatorSettings:
     """Largest job accepted, in tasks after fan-out; larger ones fail with InvalidSpec."""
     lease: LeaseSettings | None = None
     """Leader election (several replicas, one runs the jobs); None: run the jobs at once."""
+    metrics_port: int = 0
+    """Port of the operator's Prometheus endpoint (``/metrics``); 0: not served."""
 
 
 def _env(environ: Mapping[str, str], name: str, default: str = "") -> str:
@@ -165,6 +167,19 @@ def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
         help="this replica's name in the Lease (env BNDL_POD_NAME; default the host name)",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env(environ, "BNDL_METRICS_PORT", "0")),
+        help="serve Prometheus metrics at :PORT/metrics, 0: off (env BNDL_METRICS_PORT)",
+    )
+    p.add_argument(
+        "--worker-metrics-port",
+        type=int,
+        default=int(_env(environ, "BNDL_WORKER_METRICS_PORT", "0")),
+        help="workers serve Prometheus metrics at :PORT/metrics (a port the job's "
+        "NetworkPolicy admits from the whole cluster), 0: off (env BNDL_WORKER_METRICS_PORT)",
+    )
+    p.add_argument(
         "--worker-cpu-request",
         default=environ.get("BNDL_WORKER_CPU_REQUEST", "100m"),
         help="CPU request of worker containers whose template sets no resources "
@@ -207,6 +222,10 @@ def parse(
         p.error("--status-interval must not be negative")
     if args.max_tasks < 1:
         p.error("--max-tasks must be at least 1")
+    ports = {"--metrics-port": args.metrics_port, "--worker-metrics-port": args.worker_metrics_port}
+    for flag, port in ports.items():
+        if not 0 <= port <= 65535:
+            p.error(f"{flag} must be a port number (0 for off), not {port}")
     if not 0 < args.renew_deadline < args.lease_duration:
         p.error("--renew-deadline must be positive and shorter than --lease-duration")
     lease = None
@@ -231,6 +250,7 @@ def parse(
             operator_namespace=args.operator_namespace,
             operator_labels=args.operator_labels,
             operator_cidrs=tuple(args.operator_cidr),
+            worker_metrics_port=args.worker_metrics_port or None,
             worker_resources=_resources(
                 args.worker_cpu_request, args.worker_memory_request, args.worker_memory_limit
             ),
@@ -238,4 +258,5 @@ def parse(
         log_level=args.log_level.upper(),
         max_tasks=args.max_tasks,
         lease=lease,
+        metrics_port=args.metrics_port,
     )

@@ -77,6 +77,7 @@ class WorkerPods:
         loop: AttachedLoop,
         nodes: NodeLabels,
         pod_of: Callable[[str], Mapping[str, Any] | None],
+        make: Callable[..., HttpWorker] = HttpWorker,
     ) -> None:
         self.job = job
         self.port = port
@@ -84,6 +85,7 @@ class WorkerPods:
         self.loop = loop
         self.nodes = nodes
         self.pod_of = pod_of
+        self.make = make  # HttpWorker(client, loop, labels), or a metered one
         self.token = b""
         self.workers: dict[str, tuple[str, HttpWorker]] = {}  # pod name -> (pod uid, worker)
         self.ready_at: float | None = None
@@ -136,7 +138,7 @@ class WorkerPods:
         name = pod["metadata"]["name"]
         url = f"http://{pod['status']['podIP']}:{self.port}"
         client = WorkerClient(name, url, self.token, self.session, CLIENT)
-        worker = HttpWorker(client, self.loop, labels)
+        worker = self.make(client, self.loop, labels)
 
         def loss_cause() -> str | None:
             current = self.pod_of(name)

@@ -27,6 +27,8 @@ class WorkerConfig:
     """Address to listen on."""
     port: int = 0
     """Port to listen on; 0 picks a free one (announced on the READY line)."""
+    metrics_port: int | None = None
+    """Plain port serving ``/metrics`` (Prometheus) on ``bind``; None: not served (0: any)."""
     url: str | None = None
     """URL peers reach this worker at; default ``http://<bind>:<port>``."""
     max_body: int = DEFAULT_MAX_BODY
@@ -68,6 +70,13 @@ def parser(environ: Mapping[str, str] = os.environ) -> argparse.ArgumentParser:
         type=int,
         default=int(_env(environ, "BNDL_WORKER_PORT", "0")),
         help="port to listen on, 0 for any free port (env BNDL_WORKER_PORT)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=int(_env(environ, "BNDL_WORKER_METRICS_PORT", "-1")),
+        help="serve Prometheus metrics, unauthenticated, at :PORT/metrics; -1: off, 0: any "
+        "free port (env BNDL_WORKER_METRICS_PORT)",
     )
     p.add_argument(
         "--url",
@@ -131,6 +140,8 @@ def parse(
         p.error("a secret is required: --secret-file, BNDL_SECRET_FILE or BNDL_SECRET")
     if args.max_body <= 0 or args.auth_window <= 0 or args.heartbeat_interval <= 0:
         p.error("--max-body, --auth-window and --heartbeat-interval must be positive")
+    if not -1 <= args.metrics_port <= 65535:
+        p.error(f"--metrics-port must be a port, 0 (any) or -1 (off), not {args.metrics_port}")
     if args.orphan_grace < 0:
         p.error("--orphan-grace must not be negative")
     config = WorkerConfig(
@@ -138,6 +149,7 @@ def parse(
         secret=secret,
         bind=args.bind,
         port=args.port,
+        metrics_port=None if args.metrics_port < 0 else args.metrics_port,
         url=args.url,
         max_body=args.max_body,
         auth_window=args.auth_window,

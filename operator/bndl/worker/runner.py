@@ -207,6 +207,7 @@ class TaskRunner:
         self.logs = tasklogs.TaskLogs()
         self.threads = TaskThreads()
         self.running: dict[str, TaskJob] = {}
+        self.runs_finished = 0  # for the metrics: runs that ended, whatever their outcome
         self._peers = peers
         self.cancel_memory = cancel_memory
         self.cancel_memory_size = cancel_memory_size
@@ -279,6 +280,7 @@ class TaskRunner:
 
     def finished(self, job: TaskJob, frame: bytes) -> None:
         key = job.task.key
+        self.runs_finished += 1
         if self.running.get(key) is job:
             del self.running[key]
         if job.stream is not None:

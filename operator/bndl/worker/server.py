@@ -33,7 +33,7 @@ from aiohttp import web
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.signing import Verifier
 from bndl.wire.tasks import decode_run, encode_results
-from bndl.worker import profiling
+from bndl.worker import metrics, profiling
 from bndl.worker.announce import Announcement, ready_line
 from bndl.worker.config import WorkerConfig
 from bndl.worker.context import WorkerInfo
@@ -100,6 +100,12 @@ class Worker:
         app.router.add_get("/v1/profile/cpu/stats", cpu_stats)
         app.router.add_post("/v1/profile/memory/{action}", memory_profile)
         app.router.add_get("/v1/profile/memory/snapshot", memory_snapshot)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        """The plain application of the metrics port: ``GET /metrics`` and nothing else."""
+        app = web.Application()
+        metrics.add_route(app, lambda: self.runner)
         return app
 
     async def close(self) -> None:
@@ -364,8 +370,13 @@ async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
     worker = Worker(config)
     runner = web.AppRunner(worker.app(url), access_log=None, shutdown_timeout=shutdown_timeout)
     await runner.setup()
+    scrape: web.AppRunner | None = None
     try:
         await web.SockSite(runner, sock).start()
+        if config.metrics_port is not None:
+            scrape = web.AppRunner(worker.metrics_app(), access_log=None)
+            await scrape.setup()
+            await web.TCPSite(scrape, config.bind, config.metrics_port).start()
         worker.ready = True
         print(ready_line(Announcement(config.name, url, os.getpid())), flush=True)
         await stop.wait()
@@ -374,5 +385,7 @@ async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
         if worker.runner is not None:
             worker.runner.cancel_all()
     finally:
+        if scrape is not None:
+            await scrape.cleanup()
         await runner.cleanup()
         await worker.close()
