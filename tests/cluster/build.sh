@@ -2,7 +2,8 @@
 # Build everything the real-Kubernetes test cluster needs, idempotently.
 #
 #   tests/cluster/build.sh            # all steps; a warm run only checks stamps and exits
-#   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base | actionlint)
+#   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base | actionlint |
+#                                     # prometheus)
 #
 # Versions come from tests/cluster/versions.env (the one place they are pinned). Binaries land in
 # ${BNDL_TESTBIN_CACHE:-~/.cache/bndl-testbin}/<versions>/bin, never in the repository. Each step
@@ -173,6 +174,26 @@ step_actionlint() {
   stamp "actionlint-$ACTIONLINT_VERSION"
 }
 
+# --- Go: Prometheus (the e2e metrics test scrapes the operator and the workers with it) ----------
+# Not part of the cache directory's key: its stamp carries the version. A wrapper module, because
+# Prometheus' own go.mod has replace/exclude directives that `go install pkg@version` refuses. No
+# web UI assets (the test uses the HTTP API only).
+step_prometheus() {
+  done_ "prometheus-$PROMETHEUS_VERSION" && [ -x "$BIN/prometheus" ] && return 0
+  log "prometheus v$PROMETHEUS_VERSION"
+  local w="$OUT/src/prometheus" m=github.com/prometheus/prometheus
+  wrapper_module "$w" prometheus-testbin
+  cd "$w"
+  printf '//go:build tools\n\npackage tools\n\nimport _ "%s/cmd/prometheus"\n' "$m" > tools.go
+  go get "$m@v$PROMETHEUS_VERSION" >/dev/null
+  go mod tidy >/dev/null
+  local ldf="-s -w -X github.com/prometheus/common/version.Version=$PROMETHEUS_VERSION"
+  go build -trimpath -ldflags "$ldf" -o "$BIN/prometheus.tmp" "$m/cmd/prometheus"
+  mv "$BIN/prometheus.tmp" "$BIN/prometheus"
+  "$BIN/prometheus" --version >/dev/null
+  cd "$OUT" && stamp "prometheus-$PROMETHEUS_VERSION"
+}
+
 # --- Debian packages ------------------------------------------------------------------------------
 APT_PACKAGES=(podman runc containernetworking-plugins debootstrap iproute2 nftables conntrack
   util-linux openssl uidmap)
@@ -276,7 +297,7 @@ step_go() {
 
 main() {
   local steps=("$@")
-  [ ${#steps[@]} -gt 0 ] || steps=(apt go podman base actionlint)
+  [ ${#steps[@]} -gt 0 ] || steps=(apt go podman base actionlint prometheus)
   for s in "${steps[@]}"; do "step_$s"; done
 }
 

@@ -358,12 +358,16 @@ def chart_operator(
     operator_image: str,
     worker_image: str,
 ) -> Iterator[ChartOperator]:
-    """An installed :class:`ChartOperator` (chart defaults), removed again after the test."""
+    """An installed :class:`ChartOperator` (chart defaults), removed again after the test.
+
+    Parametrize it indirectly with a tuple of ``key=value`` to install with those ``--set``s:
+    ``@pytest.mark.parametrize("chart_operator", [("metrics.enabled=true",)], indirect=True)``.
+    """
     op = ChartOperator(k8s_cluster, operator_image, worker_image)
     failed_before = request.session.testsfailed
     try:
         op.create_namespaces()
-        op.install()
+        op.install(*getattr(request, "param", ()))
         yield op
     finally:
         # The call phase is reported before teardown, so a failed test has been counted.
