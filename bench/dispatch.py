@@ -7,6 +7,8 @@ One invocation runs every system on the same three workloads, side by side:
 - 1,000 maps and a binary tree reduce over their results.
 
 It prints tasks/s per system and each system's ratio to bndl. Ray runs only if it is installed.
+bndl runs as users get it, with mutual TLS between the driver and its workers; ``bndl-plain`` is
+the same run with encryption off (a benchmark-only switch), to show what encryption costs.
 Run: python bench/dispatch.py [--scale 0.1]
 """
 
@@ -80,19 +82,31 @@ def bndl_tree(ctx: Any, n: int) -> int:
     return len(results)
 
 
-def run_bndl(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
+def run_bndl(
+    workloads: list[tuple[str, int]], insecure: bool = False
+) -> dict[str, tuple[int, float]]:
     from bndl.execute import CONCURRENCY as CONCURRENCY_KEY
     from bndl.local import LocalCluster
+    from bndl.wire.tls import BENCH_INSECURE_ENV
 
     fns = {"independent": bndl_independent, "chain": bndl_chain, "tree": bndl_tree}
     out = {}
-    with LocalCluster(workers=WORKERS, config={CONCURRENCY_KEY: CONCURRENCY}) as ctx:
+    # Encryption off needs both the switch and the variable (the workers' environment only).
+    plain: dict[str, Any] = (
+        {"insecure_benchmark_only": True, "env": {BENCH_INSECURE_ENV: "1"}} if insecure else {}
+    )
+    with LocalCluster(workers=WORKERS, config={CONCURRENCY_KEY: CONCURRENCY}, **plain) as ctx:
         bndl_independent(ctx, 100)  # warm up: imports on the workers, connections
         for name, n in workloads:
             start = time.perf_counter()
             count = fns[name](ctx, n)
             out[name] = (count, time.perf_counter() - start)
     return out
+
+
+def run_bndl_plain(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
+    """bndl without encryption: what mutual TLS costs (never run a cluster like this)."""
+    return run_bndl(workloads, insecure=True)
 
 
 # ----------------------------------------------------------------------------------- dask
@@ -213,7 +227,7 @@ def run_pool(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the workloads")
-    parser.add_argument("--only", nargs="*", help="systems to run (bndl dask ray pool)")
+    parser.add_argument("--only", nargs="*", help="systems to run (bndl bndl-plain dask ray pool)")
     args = parser.parse_args()
     s = args.scale
     workloads = [
@@ -223,6 +237,7 @@ def main() -> None:
     ]
     systems: dict[str, Callable[[list[tuple[str, int]]], Any]] = {
         "bndl": run_bndl,
+        "bndl-plain": run_bndl_plain,
         "dask": run_dask,
         "ray": run_ray,
         "pool": run_pool,
@@ -237,7 +252,7 @@ def main() -> None:
             continue
         results[name] = measured
     print(
-        f"\n{'workload':<14}{'system':<8}{'tasks':>8}{'seconds':>9}{'tasks/s':>10}"
+        f"\n{'workload':<14}{'system':<12}{'tasks':>8}{'seconds':>9}{'tasks/s':>10}"
         f"{'ms/task':>9}{'bndl is':>10}"
     )
     for workload, _ in workloads:
@@ -249,7 +264,7 @@ def main() -> None:
             if base and system != "bndl":
                 ratio = f"{(base[0] / base[1]) / rate:.2f}x"
             print(
-                f"{workload:<14}{system:<8}{count:>8}{seconds:>9.3f}{rate:>10,.0f}"
+                f"{workload:<14}{system:<12}{count:>8}{seconds:>9.3f}{rate:>10,.0f}"
                 f"{1000 * seconds / count:>9.3f}{ratio:>10}"
             )
 

@@ -28,7 +28,7 @@ from typing import Any
 import pytest
 import yaml
 
-from bndl.k8s.builders import BuildSettings, JobRef, children
+from bndl.k8s.builders import BuildSettings, JobRef, children, new_tls
 from bndl.manifest import load_plan
 from tests.cluster import config as cluster_config
 
@@ -171,7 +171,8 @@ def test_a_jobs_children_fail_no_checkov_check_but_the_allowed(
 ) -> None:
     plan = load_plan(REPO / "examples" / "diamond.yaml")
     settings = BuildSettings(worker_metrics_port=9470)  # its NetworkPolicy rule and pod port too
-    objs = children(JobRef("j", "ns", "uid"), plan, settings, "token")
+    job = JobRef("j", "ns", "uid")
+    objs = children(job, plan, settings, new_tls(job))
     (manifests / "children.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
     judge("children", *scan(checkov, manifests))
 

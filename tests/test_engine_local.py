@@ -149,9 +149,7 @@ def old_driver_worker(cluster: LocalCluster) -> tuple[DriverLoop, HttpWorker]:
     """A second driver's view of the cluster's worker (the driver before a restart)."""
     (process,) = cluster.processes
     loop = DriverLoop(cluster.settings)
-    client = WorkerClient(
-        process.worker.name, process.worker.url, cluster.secret.encode(), loop.session
-    )
+    client = WorkerClient(process.worker.name, process.worker.url, cluster.client_tls, loop.session)
     return loop, HttpWorker(client, loop)
 
 

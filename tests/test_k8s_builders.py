@@ -12,6 +12,7 @@ from bndl.k8s.builders import BuildSettings, JobRef
 from bndl.manifest import plan_job
 
 JOB = JobRef("wordcount", "team-a", "1234-uid")
+TLS = builders.new_tls(JOB)
 SETTINGS = BuildSettings(worker_image="registry.example/bndl-worker:1")
 
 
@@ -31,7 +32,7 @@ def worker_container(sts: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_every_child_is_owned_labelled_and_in_the_jobs_namespace() -> None:
-    objs = builders.children(JOB, plan(), SETTINGS, "secret-token")
+    objs = builders.children(JOB, plan(), SETTINGS, TLS)
     assert [o["kind"] for o in objs] == ["Secret", "Service", "NetworkPolicy", "StatefulSet"]
     for obj in objs:
         meta = obj["metadata"]
@@ -50,12 +51,17 @@ def test_every_child_is_owned_labelled_and_in_the_jobs_namespace() -> None:
         assert meta["labels"]["app.kubernetes.io/managed-by"] == "bndl-operator"
 
 
-def test_secret_holds_the_token_and_reads_back() -> None:
-    token = builders.new_token()
-    assert len(token) == 64 and token != builders.new_token()
-    secret = builders.secret(JOB, token)
-    assert base64.b64decode(secret["data"]["token"]).decode() == token
-    assert builders.token_of(secret) == token.encode()
+def test_secret_holds_the_tls_material_and_reads_back() -> None:
+    secret = builders.secret(JOB, TLS)
+    assert secret["metadata"]["name"] == "wordcount-tls"
+    assert set(secret["data"]) == {"ca.crt", "tls.crt", "tls.key", "client.crt", "client.key"}
+    assert base64.b64decode(secret["data"]["tls.key"]) == TLS.worker.key
+    assert builders.tls_of(secret) == TLS
+    other = builders.new_tls(JOB)
+    assert other.worker.ca != TLS.worker.ca  # a fresh authority per job
+    for broken in ({}, {"ca.crt": "!!"}, {**secret["data"], "client.key": "not base64!"}):
+        with pytest.raises(builders.SecretUnusable):
+            builders.tls_of({"data": broken})
 
 
 def test_headless_service_selects_the_jobs_pods_by_uid() -> None:
@@ -99,21 +105,30 @@ def test_stateful_set_runs_the_worker_with_secret_probes_and_restricted_security
     c = worker_container(sts)
     assert c["image"] == "registry.example/bndl-worker:1"
     assert c["command"] == ["python", "-m", "bndl.worker"]
-    assert "--url=http://$(BNDL_POD_IP):8470" in c["args"]
+    assert "--url=https://$(BNDL_POD_IP):8470" in c["args"]
+    assert "--health-port=8471" in c["args"]
     assert "--bind=0.0.0.0" in c["args"]
     env = {e["name"]: e for e in c["env"]}
     assert env["BNDL_POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
-    assert env["BNDL_SECRET_FILE"]["value"] == "/var/run/bndl/secret/token"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert env["BNDL_TLS_DIR"]["value"] == "/var/run/bndl/tls"
+    assert c["ports"][:2] == [
+        {"name": "bndl", "containerPort": 8470, "protocol": "TCP"},
+        {"name": "bndl-health", "containerPort": 8471, "protocol": "TCP"},
+    ]
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                        ("livenessProbe", "/healthz")):  # fmt: skip
+        assert c[probe]["httpGet"] == {"path": path, "port": "bndl-health"}  # plain HTTP
     security = c["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}
     assert security["readOnlyRootFilesystem"] is True
     volumes = {v["name"]: v for v in pod["volumes"]}
-    assert volumes["bndl-secret"]["secret"]["secretName"] == "wordcount-token"
-    mounts = {m["mountPath"] for m in c["volumeMounts"]}
-    assert {"/var/run/bndl/secret", "/tmp"} <= mounts
+    tls = volumes["bndl-tls"]["secret"]
+    assert (tls["secretName"], tls["defaultMode"]) == ("wordcount-tls", 0o440)
+    # the operator's own key stays out of the pods
+    assert [i["key"] for i in tls["items"]] == ["ca.crt", "tls.crt", "tls.key"]
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/var/run/bndl/tls"]["readOnly"] is True and "/tmp" in mounts
 
 
 def test_user_template_is_kept_and_completed() -> None:
@@ -143,14 +158,14 @@ def test_user_template_is_kept_and_completed() -> None:
     c = worker_container(sts)
     assert c["image"] == "mine:2"
     assert c["resources"] == {"limits": {"memory": "1Gi"}}
-    assert {"MY_VAR", "BNDL_SECRET_FILE"} <= {e["name"] for e in c["env"]}
+    assert {"MY_VAR", "BNDL_TLS_DIR"} <= {e["name"] for e in c["env"]}
     assert [x["name"] for x in tpl["spec"]["containers"]] == ["worker", "sidecar"]
     assert template["spec"]["containers"][0].get("command") is None  # the input is not changed
 
 
 def test_image_shortcut_overrides_the_template_and_suspend_scales_to_zero() -> None:
     p = plan(workers={"image": "short:1", "template": {"spec": {"containers": []}}})
-    objs = builders.children(JOB, p, SETTINGS, "t", suspended=True)
+    objs = builders.children(JOB, p, SETTINGS, TLS, suspended=True)
     sts = objs[-1]
     assert sts["spec"]["replicas"] == 0
     assert worker_container(sts)["image"] == "short:1"

@@ -155,10 +155,10 @@ def test_children_are_created_adopted_scaled_and_foreign_ones_refused() -> None:
         kube = FakeKube()
         children = Children(kube, REF, BuildSettings())  # type: ignore[arg-type]
         changes = await children.reconcile(plan(), 2)
-        assert len(changes) == 4 and children.token
+        assert len(changes) == 4 and children.tls and children.client_tls
         sts = "/apis/apps/v1/namespaces/ns/statefulsets/j-workers"
         assert kube.objects[sts]["spec"]["replicas"] == 2
-        token = children.token
+        tls = children.tls
         # A second pass changes nothing; a deleted Service comes back; replicas follow the spec.
         assert await children.reconcile(plan(), 2) == []
         del kube.objects["/api/v1/namespaces/ns/services/j-workers"]
@@ -167,10 +167,14 @@ def test_children_are_created_adopted_scaled_and_foreign_ones_refused() -> None:
             "scaled the workers from 2 to 3",
         ]
         assert kube.objects[sts]["spec"]["replicas"] == 3
-        assert children.token == token  # the Secret was adopted, not replaced
+        assert children.tls is tls  # the Secret was adopted, not replaced
+        # A new operator (a restart, an upgrade) reads the material of the job's Secret.
+        resumed = Children(kube, REF, BuildSettings())  # type: ignore[arg-type]
+        assert await resumed.reconcile(plan(), 3) == []
+        assert resumed.tls == tls
         # Another job's Secret under the same name is never adopted.
         other = Children(kube, JobRef("j", "ns", "uid-2"), BuildSettings())  # type: ignore[arg-type]
-        with pytest.raises(ChildConflict, match="Secret ns/j-token exists and is not owned"):
+        with pytest.raises(ChildConflict, match="Secret ns/j-tls exists and is not owned"):
             await other.reconcile(plan(), 1)
 
     asyncio.run(scenario())

@@ -208,3 +208,28 @@ def test_profiling_covers_the_worker_processes() -> None:
             assert "Total allocated size" in out.getvalue()
         finally:
             ctx.memory_profiling.stop()
+
+
+def test_the_clusters_tls_material_is_private_and_removed_with_it() -> None:
+    cluster = LocalCluster(workers=2)
+    with cluster as ctx:
+        directory = cluster.tls_dir
+        assert directory is not None
+        assert os.stat(directory).st_mode & 0o777 == 0o700
+        assert os.stat(os.path.join(directory, "tls.key")).st_mode & 0o777 == 0o600
+        assert all(p.worker.url.startswith("https://127.0.0.1:") for p in cluster.processes)
+        job = Job(ctx, [RmiTask(ctx, i, abs, (-i,)) for i in range(4)])
+        assert sorted(t.result() for t in ctx.execute(job, order_results=False)) == [0, 1, 2, 3]
+    assert not os.path.exists(directory)
+
+
+def test_encryption_is_off_only_for_a_benchmark_that_asks_twice() -> None:
+    from bndl.wire.tls import TlsError
+
+    with pytest.raises(TlsError, match="only be turned off for benchmarks"):
+        LocalCluster(workers=1, insecure_benchmark_only=True)
+    plain = LocalCluster(workers=1, insecure_benchmark_only=True, env={"BNDL_BENCH_INSECURE": "1"})
+    with plain as ctx:
+        assert plain.tls_dir is None and plain.processes[0].worker.url.startswith("http://")
+        job = Job(ctx, [RmiTask(ctx, "t", abs, (-3,))])
+        assert [t.result() for t in ctx.execute(job)] == [3]

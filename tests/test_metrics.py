@@ -27,7 +27,7 @@ from bndl.k8s.settings import OperatorSettings
 from bndl.k8s.status import Phase
 from bndl.wire import TaskItem
 from bndl.worker.store import ResultStore, approx_size
-from tests.test_worker_harness import client, run, running_worker
+from tests.test_worker_harness import TLS_DIR, client, run, running_worker
 
 
 def samples(text: str | bytes) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -210,7 +210,7 @@ def test_a_worker_serves_its_metrics_unauthenticated_on_a_plain_port() -> None:
                 items = [TaskItem("k1", kept, (50_000,), keep=True), TaskItem("k2", abs, (-1,))]
                 done = [x async for x in c.run(items)]
                 assert all(x.ok for x in done)
-            # No signature, no secret: counts only.
+            # No certificate: counts only.
             async with (
                 aiohttp.ClientSession() as session,
                 session.get(f"http://127.0.0.1:{port}/metrics") as r,
@@ -232,11 +232,11 @@ def test_a_worker_without_metrics_port_serves_none() -> None:
         async def check() -> int:
             async with (
                 aiohttp.ClientSession() as session,
-                session.get(f"{worker.url}/metrics") as r,
+                session.get(f"{worker.health}/metrics") as r,
             ):
                 return r.status
 
-        assert run(check) == 401  # the task port: signed requests only
+        assert run(check) == 404  # the plain health port serves the probes only
 
 
 @pytest.mark.parametrize("bad", ["70000", "-2"])
@@ -244,7 +244,7 @@ def test_a_bad_worker_metrics_port_is_a_usage_error(bad: str) -> None:
     from bndl.worker.config import parse
 
     with pytest.raises(SystemExit):
-        parse([f"--metrics-port={bad}"], {"BNDL_SECRET": "s"})
+        parse([f"--metrics-port={bad}"], {"BNDL_TLS_DIR": TLS_DIR})
 
 
 # --- what the operator builds and how it is configured -------------------------------------------
@@ -288,7 +288,7 @@ def test_worker_pods_announce_their_metrics_port_and_the_policy_admits_only_it()
     assert {"name": "metrics", "containerPort": 9470, "protocol": "TCP"} in c["ports"]
     plain = builders.pod_template(job, plan, off)
     assert "annotations" not in plain["metadata"]
-    assert [p["name"] for p in plain["spec"]["containers"][0]["ports"]] == ["bndl"]
+    assert [p["name"] for p in plain["spec"]["containers"][0]["ports"]] == ["bndl", "bndl-health"]
 
 
 def test_metrics_ports_from_flags_and_environment() -> None:

@@ -16,7 +16,6 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from bndl.wire import NotFound, TaskItem, WorkerClient
@@ -174,17 +173,6 @@ def test_unknown_runs_are_404_and_quiet_failures_have_no_output(
 
     error = run(scenario).error  # type: ignore[attr-defined]
     assert isinstance(error, KeyError) and getattr(error, "task_output", None) == ""
-
-
-def test_logs_are_refused_without_a_signature(worker_and_stderr: Logged) -> None:
-    worker, _ = worker_and_stderr
-
-    async def scenario() -> int:
-        url = worker.url + "/v1/logs/job%2Fnoisy.0"
-        async with aiohttp.ClientSession() as session, session.get(url) as response:
-            return response.status
-
-    assert run(scenario) == 401
 
 
 # --- the bookkeeping, in process --------------------------------------------------------------

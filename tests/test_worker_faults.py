@@ -12,7 +12,7 @@ import pytest
 
 from bndl.execute.exceptions import NotConnected
 from bndl.wire import ClientSettings, TaskItem, WorkerClient, create_session
-from tests.test_worker_harness import SECRET, client, eventually, run, running_on, running_worker
+from tests.test_worker_harness import TLS, client, eventually, run, running_on, running_worker
 from tests.test_worker_peers import dead_url
 
 
@@ -101,7 +101,7 @@ def test_kill_9_mid_stream_is_not_connected(tmp_path: Path) -> None:
 def test_connection_refused_is_not_connected() -> None:
     async def check() -> None:
         async with create_session() as session:
-            c = WorkerClient("nobody", dead_url(), SECRET, session)
+            c = WorkerClient("nobody", dead_url(), TLS, session)
             with pytest.raises(NotConnected, match="nobody"):
                 await _collect(c.run([TaskItem("k", int)]))
             for call in (c.held(), c.fetch("k"), c.cancel(["k"]), c.call(int)):

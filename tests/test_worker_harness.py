@@ -12,8 +12,10 @@ import json
 import os
 import selectors
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -21,18 +23,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 
 from bndl.wire import ClientSettings, WorkerClient, create_session
+from bndl.wire.tls import new_cluster
 from bndl.worker import READY_PREFIX, parse_ready_line
 
-SECRET = b"test-cluster-secret"
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR = str(ROOT / "operator")
 READY = READY_PREFIX
 
 T = TypeVar("T")
+
+# One certificate authority for the test session's workers, as a LocalCluster makes one; the
+# directory goes with the process (its files are small and private).
+MATERIAL = new_cluster("tests")
+TLS_DIR = tempfile.mkdtemp(prefix="bndl-test-tls-")
+TLS_FILES = MATERIAL.worker.write(TLS_DIR)
+
+
+def client_tls() -> ssl.SSLContext:
+    """The driver's side of the test cluster's mutual TLS."""
+    return MATERIAL.client.client_context()
+
+
+TLS = client_tls()
 
 
 def worker_env(**extra: str) -> dict[str, str]:
@@ -40,7 +55,7 @@ def worker_env(**extra: str) -> dict[str, str]:
     # the repository root too: tasks defined in test modules are pickled by reference
     path = [OPERATOR, str(ROOT), env.get("PYTHONPATH")]
     env["PYTHONPATH"] = os.pathsep.join(filter(None, path))
-    env["BNDL_SECRET"] = SECRET.decode()
+    env["BNDL_TLS_DIR"] = TLS_DIR
     env.update(extra)
     return env
 
@@ -50,6 +65,8 @@ class WorkerProcess:
     name: str
     url: str
     proc: subprocess.Popen[str]
+    health: str = ""
+    """Base URL of its plain-HTTP probes."""
 
     @property
     def pid(self) -> int:
@@ -91,7 +108,7 @@ def start_worker(name: str, *args: str, timeout: float = 30.0, **env: str) -> Wo
         announcement = parse_ready_line(line)
         assert announcement is not None, f"unexpected first line {line!r}"
         assert announcement.name == name and announcement.pid == proc.pid
-        return WorkerProcess(name, announcement.url, proc)
+        return WorkerProcess(name, announcement.url, proc, announcement.health or "")
     except BaseException:
         proc.kill()
         proc.wait()
@@ -112,7 +129,7 @@ async def client(
     worker: WorkerProcess, settings: ClientSettings | None = None
 ) -> Any:  # AsyncIterator[WorkerClient]
     async with create_session(settings) as session:
-        yield WorkerClient(worker.name, worker.url, SECRET, session, settings)
+        yield WorkerClient(worker.name, worker.url, TLS, session, settings)
 
 
 def run(coroutine_fn: Callable[[], Awaitable[T]]) -> T:
@@ -158,7 +175,13 @@ def test_help_lists_every_option_and_its_environment_variable() -> None:
         ("--port", "BNDL_WORKER_PORT"),
         ("--bind", "BNDL_WORKER_BIND"),
         ("--name", "BNDL_WORKER_NAME"),
-        ("--secret-file", "BNDL_SECRET"),
+        ("--tls-dir", "BNDL_TLS_DIR"),
+        ("--tls-ca", "BNDL_TLS_CA"),
+        ("--tls-cert", "BNDL_TLS_CERT"),
+        ("--tls-key", "BNDL_TLS_KEY"),
+        ("--health-port", "BNDL_HEALTH_PORT"),
+        ("--max-connections", "BNDL_MAX_CONNECTIONS"),
+        ("--handshake-timeout", "BNDL_HANDSHAKE_TIMEOUT"),
         ("--max-body", "BNDL_WORKER_MAX_BODY"),
         ("--url", "BNDL_WORKER_URL"),
         ("--orphan-grace", "BNDL_ORPHAN_GRACE"),
@@ -166,9 +189,9 @@ def test_help_lists_every_option_and_its_environment_variable() -> None:
         assert flag in out and var in out
 
 
-def test_refuses_to_start_without_a_secret() -> None:
+def test_refuses_to_start_without_tls_material() -> None:
     env = worker_env()
-    del env["BNDL_SECRET"]
+    del env["BNDL_TLS_DIR"]
     done = subprocess.run(
         [sys.executable, "-m", "bndl.worker", "--port", "0"],
         env=env,
@@ -177,44 +200,55 @@ def test_refuses_to_start_without_a_secret() -> None:
         timeout=30,
     )
     assert done.returncode == 2
-    assert "a secret is required" in done.stderr
+    assert "TLS material is required" in done.stderr
     assert READY not in done.stdout
 
 
-def test_secret_file_and_environment_configuration(tmp_path: Path) -> None:
-    secret_file = tmp_path / "secret"
-    secret_file.write_bytes(SECRET + b"\n")
-    env = worker_env(BNDL_WORKER_NAME="from-env", BNDL_SECRET="")
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--insecure-benchmark-only"], {}, "only be turned off for benchmarks"),
+        ([], {"BNDL_BENCH_INSECURE": "1"}, "only be turned off for benchmarks"),
+        (["--tls-key", "/nonexistent"], {}, "cannot read the key /nonexistent"),
+        (["--tls-dir", "/nonexistent"], {}, "cannot read the CA certificate"),
+    ],
+)
+def test_refuses_to_start_without_usable_tls(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bndl.worker", "--port", "0", *args],
+        env=worker_env(**env),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert done.returncode == 2 and message in done.stderr, done.stderr
+    assert READY not in done.stdout
+
+
+def test_tls_files_given_one_by_one() -> None:
+    env = worker_env(BNDL_WORKER_NAME="from-env", BNDL_TLS_DIR="", BNDL_TLS_KEY=TLS_FILES.key)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bndl.worker", "--secret-file", str(secret_file)],
+        [sys.executable, "-m", "bndl.worker", "--tls-ca", TLS_FILES.ca,
+         "--tls-cert", TLS_FILES.cert],
         stdout=subprocess.PIPE,
         env=env,
         text=True,
-    )
+    )  # fmt: skip
     w = WorkerProcess("from-env", "", proc)
     try:
         info = json.loads(read_line(proc, 30).split(" ", 1)[1])
-        assert info["name"] == "from-env"
+        assert info["name"] == "from-env" and info["url"].startswith("https://")
         w.url = info["url"]
 
         async def check() -> None:
             async with client(w) as c:
-                assert (await c.held())["name"] == "from-env"  # signed with the file's secret
+                assert (await c.held())["name"] == "from-env"
 
         run(check)
     finally:
         w.stop()
-
-
-def test_probes_are_public_and_name_the_worker(worker: WorkerProcess) -> None:
-    async def check() -> None:
-        async with aiohttp.ClientSession() as session:
-            for path, status in [("/healthz", "alive"), ("/readyz", "ready")]:
-                async with session.get(worker.url + path) as response:
-                    assert response.status == 200
-                    assert await response.json() == {"name": worker.name, "status": status}
-
-    run(check)
 
 
 def test_sigterm_stops_the_worker_gracefully() -> None:

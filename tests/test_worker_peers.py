@@ -14,7 +14,7 @@ import pytest
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 from bndl.wire import RemoteRef, TaskItem, WorkerClient, create_session
 from tests.test_worker_harness import (
-    SECRET,
+    TLS,
     WorkerProcess,
     eventually,
     run,
@@ -36,7 +36,7 @@ def ref(worker: WorkerProcess, key: str, task_id: object = None) -> RemoteRef:
 def dead_url() -> str:
     with socket.socket() as sock:  # a port nobody listens on any more
         sock.bind(("127.0.0.1", 0))
-        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+        return f"https://127.0.0.1:{sock.getsockname()[1]}"
 
 
 async def only(client: WorkerClient, item: TaskItem) -> object:
@@ -51,8 +51,8 @@ def test_refs_resolve_from_a_peer_and_locally(pair: tuple[WorkerProcess, WorkerP
 
     async def check() -> None:
         async with create_session() as session:
-            c1 = WorkerClient(one.name, one.url, SECRET, session)
-            c2 = WorkerClient(two.name, two.url, SECRET, session)
+            c1 = WorkerClient(one.name, one.url, TLS, session)
+            c2 = WorkerClient(two.name, two.url, TLS, session)
             await only(c1, TaskItem("p/a", list, (range(5),), keep=True, reply=False))
             await only(c2, TaskItem("p/b", dict, (), {"b": 2}, keep=True, reply=False))
             # on two: one ref from the peer, one from its own store, nested and repeated
@@ -72,8 +72,8 @@ def test_many_inputs_from_one_peer(pair: tuple[WorkerProcess, WorkerProcess]) ->
 
     async def check() -> None:
         async with create_session() as session:
-            c1 = WorkerClient(one.name, one.url, SECRET, session)
-            c2 = WorkerClient(two.name, two.url, SECRET, session)
+            c1 = WorkerClient(one.name, one.url, TLS, session)
+            c2 = WorkerClient(two.name, two.url, TLS, session)
             items = [TaskItem(f"m/{i}", int, (i,), keep=True, reply=False) for i in range(300)]
             assert all([c.ok async for c in c1.run(items)])
             refs = [ref(one, f"m/{i}") for i in range(300)]
@@ -89,7 +89,7 @@ def test_lost_inputs_fail_with_dependencies_failed_grouped_by_holder(
 
     async def check() -> None:
         async with create_session() as session:
-            c1 = WorkerClient(one.name, one.url, SECRET, session)
+            c1 = WorkerClient(one.name, one.url, TLS, session)
             await only(c1, TaskItem("l/kept", str, (1,), keep=True))
             ghost = RemoteRef("l/x", "task-x", "ghost", dead_url())
             args = (
@@ -116,7 +116,7 @@ def test_a_holder_that_died_is_reported(pair: tuple[WorkerProcess, WorkerProcess
 
         async def compute() -> None:
             async with create_session() as session:
-                c = WorkerClient(doomed.name, doomed.url, SECRET, session)
+                c = WorkerClient(doomed.name, doomed.url, TLS, session)
                 await only(c, TaskItem("d/a", int, (5,), keep=True))
 
         run(compute)
@@ -125,7 +125,7 @@ def test_a_holder_that_died_is_reported(pair: tuple[WorkerProcess, WorkerProcess
 
         async def check() -> None:
             async with create_session() as session:
-                c1 = WorkerClient(one.name, one.url, SECRET, session)
+                c1 = WorkerClient(one.name, one.url, TLS, session)
                 with pytest.raises(DependenciesFailed) as raised:
                     await only(c1, TaskItem("d/b", abs, (ref(doomed, "d/a", ("d", 1)),)))
                 assert raised.value.failures == {doomed.name: [("d", 1)]}
@@ -141,8 +141,8 @@ def test_cancel_is_not_held_up_by_a_hanging_fetch(
 
         async def check() -> None:
             async with create_session() as session:
-                c1 = WorkerClient(one.name, one.url, SECRET, session)
-                cf = WorkerClient(frozen.name, frozen.url, SECRET, session)
+                c1 = WorkerClient(one.name, one.url, TLS, session)
+                cf = WorkerClient(frozen.name, frozen.url, TLS, session)
                 await only(cf, TaskItem("f/a", int, (1,), keep=True, reply=False))
                 os.kill(frozen.pid, signal.SIGSTOP)  # accepts connections, never answers
                 try:

@@ -11,18 +11,26 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bndl import __version__
 from bndl.manifest import API_VERSION, KIND, JobPlan
+from bndl.wire.tls import CA_FILE, CERT_FILE, KEY_FILE, ClusterTls, Identity, new_cluster
+from bndl.worker.config import default_health_port
 
 # The worker container's name in the pod template: the operator fills in this container.
 WORKER_CONTAINER = "worker"
-SECRET_KEY = "token"
-SECRET_DIR = "/var/run/bndl/secret"
+TLS_DIR = "/var/run/bndl/tls"
+"""Where the worker pods find their TLS files (the job's Secret, mounted read-only)."""
+CLIENT_CERT = "client.crt"
+CLIENT_KEY = "client.key"
+"""The operator's own certificate and key in the job's Secret (not mounted into the pods)."""
+TLS_DAYS = 365
+"""Validity of a job's certificates: the authority dies with the job (its Secret is deleted with
+it), and a job must not stop because its certificates expired; a year is longer than any job."""
+HEALTH_PORT_NAME = "bndl-health"
 TMP_DIR = "/tmp"
 NONROOT_UID = 65532
 # Longest child base name: pod names are <base>-workers-<ordinal> and the StatefulSet adds a
@@ -99,7 +107,8 @@ class JobRef:
 
     @property
     def secret(self) -> str:
-        return f"{self.base}-token"
+        """The Secret holding the job's TLS material."""
+        return f"{self.base}-tls"
 
     def pod_name(self, ordinal: int) -> str:
         return f"{self.workers}-{ordinal}"
@@ -141,25 +150,50 @@ def _metadata(job: JobRef, name: str, component: str = "worker") -> dict[str, An
     }
 
 
-def new_token() -> str:
-    """A fresh per-job secret: 256 random bits, hex (the worker strips whitespace)."""
-    return secrets.token_hex(32)
+def new_tls(job: JobRef) -> ClusterTls:
+    """A fresh certificate authority for the job and its two certificates (see
+    :mod:`bndl.wire.tls`): the workers' and the operator's."""
+    return new_cluster(f"{job.namespace}/{job.name}", days=TLS_DAYS)
 
 
-def secret(job: JobRef, token: str) -> dict[str, Any]:
-    """The Secret holding the job's signing token (mounted into the workers as a file)."""
+def secret(job: JobRef, tls: ClusterTls) -> dict[str, Any]:
+    """The Secret holding the job's TLS material: the workers mount ca.crt, tls.crt and tls.key;
+    the operator reads client.crt and client.key (also after a restart: the material of an
+    existing job is never made anew, its workers trust only their authority)."""
+    files = {
+        CA_FILE: tls.worker.ca,
+        CERT_FILE: tls.worker.cert,
+        KEY_FILE: tls.worker.key,
+        CLIENT_CERT: tls.client.cert,
+        CLIENT_KEY: tls.client.key,
+    }
     return {
         "apiVersion": "v1",
         "kind": "Secret",
-        "metadata": _metadata(job, job.secret, "token"),
+        "metadata": _metadata(job, job.secret, "tls"),
         "type": "Opaque",
-        "data": {SECRET_KEY: base64.b64encode(token.encode()).decode()},
+        "data": {name: base64.b64encode(data).decode() for name, data in files.items()},
     }
 
 
-def token_of(secret_body: Mapping[str, Any]) -> bytes:
-    """The token stored in a Secret made by :func:`secret`."""
-    return base64.b64decode(secret_body["data"][SECRET_KEY]).strip()
+class SecretUnusable(ValueError):
+    """The job's Secret does not hold the TLS material :func:`secret` puts there."""
+
+
+def tls_of(secret_body: Mapping[str, Any]) -> ClusterTls:
+    """The TLS material stored in a Secret made by :func:`secret`."""
+    data = secret_body.get("data") or {}
+    try:
+        files = {
+            name: base64.b64decode(data[name], validate=True)
+            for name in (CA_FILE, CERT_FILE, KEY_FILE, CLIENT_CERT, CLIENT_KEY)
+        }
+    except (KeyError, ValueError, TypeError) as e:
+        raise SecretUnusable(f"missing or malformed key {e}") from e
+    return ClusterTls(
+        worker=Identity(files[CA_FILE], files[CERT_FILE], files[KEY_FILE]),
+        client=Identity(files[CA_FILE], files[CLIENT_CERT], files[CLIENT_KEY]),
+    )
 
 
 def service(job: JobRef, plan: JobPlan) -> dict[str, Any]:
@@ -256,8 +290,13 @@ def pod_template(job: JobRef, plan: JobPlan, settings: BuildSettings) -> dict[st
     volumes = spec.setdefault("volumes", [])
     volumes.append(
         {
-            "name": "bndl-secret",
-            "secret": {"secretName": job.secret, "defaultMode": 0o440},
+            "name": "bndl-tls",
+            "secret": {
+                "secretName": job.secret,
+                "defaultMode": 0o440,
+                # the worker's files only: the operator's key stays out of the pods
+                "items": [{"key": key, "path": key} for key in (CA_FILE, CERT_FILE, KEY_FILE)],
+            },
         }
     )
     volumes.append({"name": "bndl-tmp", "emptyDir": {}})
@@ -293,6 +332,7 @@ def python_path(plan: JobPlan) -> list[str]:
 
 def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings) -> None:
     port = plan.workers.port
+    health = default_health_port(port)
     if plan.workers.image:
         c["image"] = plan.workers.image
     c.setdefault("image", settings.worker_image)
@@ -303,14 +343,15 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
         "--name=$(BNDL_POD_NAME)",
         "--bind=0.0.0.0",
         f"--port={port}",
-        f"--url=http://$(BNDL_POD_IP):{port}",
+        f"--health-port={health}",
+        f"--url=https://$(BNDL_POD_IP):{port}",
     ]
     if settings.worker_metrics_port is not None:
         c["args"].append(f"--metrics-port={settings.worker_metrics_port}")
     env: list[dict[str, Any]] = [
         {"name": "BNDL_POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
         {"name": "BNDL_POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-        {"name": "BNDL_SECRET_FILE", "value": f"{SECRET_DIR}/{SECRET_KEY}"},
+        {"name": "BNDL_TLS_DIR", "value": TLS_DIR},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
         {"name": "PYTHONDONTWRITEBYTECODE", "value": "1"},
     ]
@@ -319,37 +360,48 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
         env.append({"name": "PYTHONPATH", "value": ":".join(path)})
     ours = {e["name"] for e in env}
     c["env"] = env + [e for e in c.get("env") or [] if e.get("name") not in ours]
-    ports = [p for p in c.get("ports") or [] if p.get("name") not in ("bndl", "metrics")]
-    named: list[dict[str, Any]] = [{"name": "bndl", "containerPort": port, "protocol": "TCP"}]
+    ports = [
+        p
+        for p in c.get("ports") or []
+        if p.get("name") not in ("bndl", HEALTH_PORT_NAME, "metrics")
+    ]
+    named: list[dict[str, Any]] = [
+        {"name": "bndl", "containerPort": port, "protocol": "TCP"},
+        {"name": HEALTH_PORT_NAME, "containerPort": health, "protocol": "TCP"},
+    ]
     if settings.worker_metrics_port is not None:
         named.append(
             {"name": "metrics", "containerPort": settings.worker_metrics_port, "protocol": "TCP"}
         )
     c["ports"] = [*named, *ports]
     mounts = c.setdefault("volumeMounts", [])
-    mounts.append({"name": "bndl-secret", "mountPath": SECRET_DIR, "readOnly": True})
+    mounts.append({"name": "bndl-tls", "mountPath": TLS_DIR, "readOnly": True})
     mounts.append({"name": "bndl-tmp", "mountPath": TMP_DIR})
     if plan.code.config_map:
         mounts.append({"name": "bndl-code", "mountPath": plan.code.mount_path, "readOnly": True})
     # Liveness starts once the worker answered: a worker that starts slowly (a busy node, many
     # pods starting at once, heavy imports) is not killed and restarted, which would only make
-    # the node busier.
+    # the node busier. The probes go to the plain health port (the task port speaks mutual TLS).
     c.setdefault(
         "startupProbe",
         {
-            "httpGet": {"path": "/healthz", "port": "bndl"},
+            "httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME},
             "periodSeconds": 2,
             "failureThreshold": 300,
         },
     )
     c.setdefault(
         "readinessProbe",
-        {"httpGet": {"path": "/readyz", "port": "bndl"}, "periodSeconds": 2, "failureThreshold": 2},
+        {
+            "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+        },
     )
     c.setdefault(
         "livenessProbe",
         {
-            "httpGet": {"path": "/healthz", "port": "bndl"},
+            "httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME},
             "periodSeconds": 10,
             "failureThreshold": 3,
         },
@@ -365,11 +417,11 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
 
 
 def children(
-    job: JobRef, plan: JobPlan, settings: BuildSettings, token: str, *, suspended: bool = False
+    job: JobRef, plan: JobPlan, settings: BuildSettings, tls: ClusterTls, *, suspended: bool = False
 ) -> list[dict[str, Any]]:
     """Every child of the job, in creation order (the Secret before the pods that mount it)."""
     return [
-        secret(job, token),
+        secret(job, tls),
         service(job, plan),
         network_policy(job, plan, settings),
         stateful_set(job, plan, settings, replicas=0 if suspended else None),

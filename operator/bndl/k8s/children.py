@@ -10,6 +10,7 @@ raised as they are; the caller retries the transient ones (:mod:`bndl.k8s.retry`
 from __future__ import annotations
 
 import logging
+import ssl
 from collections.abc import Mapping
 from typing import Any
 
@@ -17,6 +18,7 @@ from bndl.k8s import builders
 from bndl.k8s.builders import BuildSettings, JobRef
 from bndl.k8s.kube import Kube, KubeError, path
 from bndl.manifest import JobPlan
+from bndl.wire.tls import ClusterTls, TlsError
 
 log = logging.getLogger(__name__)
 
@@ -31,20 +33,27 @@ def owned_by(obj: Mapping[str, Any], uid: str) -> bool:
 
 
 class Children:
-    """Creates, adopts and scales one job's children; remembers the job's token."""
+    """Creates, adopts and scales one job's children; remembers the job's TLS material.
+
+    The material is made once, when the job's Secret is created; an existing Secret (a restarted
+    or upgraded operator resuming the job) is read, never replaced: the running workers trust
+    only the authority in it."""
 
     def __init__(self, kube: Kube, ref: JobRef, settings: BuildSettings) -> None:
         self.kube = kube
         self.ref = ref
         self.settings = settings
-        self.token = b""
+        self.tls: ClusterTls | None = None
+        self.client_tls: ssl.SSLContext | None = None
+        """The operator's side of the job's mutual TLS, from the job's Secret."""
         self.created: list[str] = []
 
     async def reconcile(self, plan: JobPlan, replicas: int) -> list[str]:
         """One pass; returns what it changed (for the log and events)."""
         changes: list[str] = []
-        fresh = builders.new_token()
-        for desired in builders.children(self.ref, plan, self.settings, fresh):
+        # Fresh material only until the Secret is known (it is used only if none exists).
+        material = self.tls or builders.new_tls(self.ref)
+        for desired in builders.children(self.ref, plan, self.settings, material):
             if desired["kind"] == "StatefulSet":
                 desired["spec"]["replicas"] = replicas
             existing = await self._get(desired)
@@ -62,13 +71,25 @@ class Children:
                     "rename it"
                 )
             if desired["kind"] == "Secret":
-                self.token = builders.token_of(existing)
+                self._read_tls(existing)
             elif desired["kind"] == "StatefulSet":
                 current = existing.get("spec", {}).get("replicas")
                 if current != replicas:
                     await self.scale(replicas)
                     changes.append(f"scaled the workers from {current} to {replicas}")
         return changes
+
+    def _read_tls(self, secret: Mapping[str, Any]) -> None:
+        try:
+            tls = builders.tls_of(secret)
+            if tls != self.tls:
+                self.client_tls = tls.client.client_context()
+                self.tls = tls
+        except (builders.SecretUnusable, TlsError) as e:
+            raise ChildConflict(
+                f"Secret {self.ref.namespace}/{self.ref.secret} holds no usable TLS material "
+                f"({e}): delete it (the job's workers restart with new material)"
+            ) from e
 
     async def _get(self, obj: Mapping[str, Any]) -> dict[str, Any] | None:
         meta = obj["metadata"]

@@ -263,7 +263,7 @@ class JobRunner:
             self.shared.nodes, lambda name: self.shared.pods.pod(self.ref.uid, name),
             metered(self.meter),
         )  # fmt: skip
-        self.workers.token = self.children.token
+        self.workers.tls = self.children.client_tls
         while True:
             self._check_stop()
             await self._reconcile()
@@ -341,7 +341,7 @@ class JobRunner:
         self._reconciled_at = time.monotonic()
         self._reconciled_generation = generation
         if self.workers is not None:
-            self.workers.token = self.children.token
+            self.workers.tls = self.children.client_tls
         if self._api_trouble:
             self._api_trouble = False
             self.status.condition(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -86,7 +87,8 @@ class WorkerPods:
         self.nodes = nodes
         self.pod_of = pod_of
         self.make = make  # HttpWorker(client, loop, labels), or a metered one
-        self.token = b""
+        self.tls: ssl.SSLContext | None = None
+        """The operator's side of the job's mutual TLS (set before the first sync)."""
         self.workers: dict[str, tuple[str, HttpWorker]] = {}  # pod name -> (pod uid, worker)
         self.ready_at: float | None = None
         self.joined: list[str] = []
@@ -136,8 +138,10 @@ class WorkerPods:
 
     def _worker(self, pod: Mapping[str, Any], labels: Mapping[str, str]) -> HttpWorker:
         name = pod["metadata"]["name"]
-        url = f"http://{pod['status']['podIP']}:{self.port}"
-        client = WorkerClient(name, url, self.token, self.session, CLIENT)
+        if self.tls is None:
+            raise RuntimeError("the job's TLS material is not known yet")
+        url = f"https://{pod['status']['podIP']}:{self.port}"
+        client = WorkerClient(name, url, self.tls, self.session, CLIENT)
         worker = self.make(client, self.loop, labels)
 
         def loss_cause() -> str | None:

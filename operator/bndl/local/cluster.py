@@ -1,7 +1,9 @@
 """The embedded cluster: N worker processes on this machine, for ``bndl run`` and for tests.
 
-Workers are real ``python -m bndl.worker`` processes on loopback, each with a free port and the
-cluster's fresh secret, spoken to over the same signed HTTP protocol as pods in Kubernetes. The
+Workers are real ``python -m bndl.worker`` processes on loopback, each with a free port, spoken to
+over the same mutual TLS as pods in Kubernetes: the cluster makes its own certificate authority
+(:func:`bndl.wire.tls.new_cluster`) and writes the workers' files into a private temporary
+directory (mode 0700), removed when the cluster stops. The
 cluster stops exactly the processes it started, by PID, also when the body of the ``with`` block
 raises. On Linux the workers also die with the driver (``PR_SET_PDEATHSIG``), so a driver killed
 with SIGKILL leaves no workers behind.
@@ -15,10 +17,12 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
-import secrets
+import shutil
 import signal
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +33,7 @@ from bndl.driver import DriverLoop, HttpWorker
 from bndl.execute.context import ExecutionContext
 from bndl.execute.workers import Worker
 from bndl.wire import ClientSettings, WorkerClient
+from bndl.wire.tls import BENCH_INSECURE_ENV, bench_insecure, new_cluster
 from bndl.worker.announce import parse_ready_line
 
 # Seconds a worker process may take to print its READY line.
@@ -118,7 +123,12 @@ class LocalCluster:
         env: Mapping[str, str] | None = None,
         settings: ClientSettings | None = None,
         worker_args: Sequence[str] = (),
+        insecure_benchmark_only: bool = False,
     ) -> None:
+        """``insecure_benchmark_only``: plain HTTP without authentication, for
+        ``bench/dispatch.py`` to measure the cost of encryption; honoured only with
+        ``BNDL_BENCH_INSECURE=1`` in the environment as well (see
+        :func:`bndl.wire.tls.bench_insecure`)."""
         if workers < 1:
             raise ValueError(f"a local cluster needs at least one worker, not {workers}")
         self.size = workers
@@ -127,7 +137,10 @@ class LocalCluster:
         self.extra_env = dict(env or {})
         self.settings = settings or ClientSettings()
         self.worker_args = list(worker_args)
-        self.secret = secrets.token_hex(32)
+        self.insecure = bench_insecure(insecure_benchmark_only, {**os.environ, **self.extra_env})
+        self.tls_dir: str | None = None
+        self.client_tls: ssl.SSLContext | None = None
+        """The driver's side of the cluster's mutual TLS (None without encryption)."""
         self.processes: list[WorkerProcess] = []
         self._spawned: list[subprocess.Popen[str]] = []
         self.loop: DriverLoop | None = None
@@ -167,11 +180,16 @@ class LocalCluster:
 
     def start(self) -> ExecutionContext:
         self.loop = DriverLoop(self.settings)
+        if not self.insecure:
+            material = new_cluster(f"local-{os.getpid()}")
+            self.tls_dir = tempfile.mkdtemp(prefix="bndl-tls-")  # mode 0700
+            material.worker.write(self.tls_dir)
+            self.client_tls = material.client.client_context()
         env = self._environment()
         self._spawned = [self._spawn(i, env) for i in range(self.size)]
         for index, process in enumerate(self._spawned):
             url, name = self._await_ready(index, process)
-            client = WorkerClient(name, url, self.secret.encode(), self.loop.session, self.settings)
+            client = WorkerClient(name, url, self.client_tls, self.loop.session, self.settings)
             worker_process = WorkerProcess(process, HttpWorker(client, self.loop))
             # The scheduler asks a lost worker why (duck-typed: HttpWorker knows no processes).
             setattr(worker_process.worker, "loss_cause", worker_process.loss_cause)  # noqa: B010
@@ -185,7 +203,12 @@ class LocalCluster:
         # Workers import what the driver can: task functions travel by reference.
         path = [*self.python_path, *(p for p in sys.path if p and os.path.isdir(p))]
         env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(os.path.abspath(p) for p in path))
-        env["BNDL_SECRET"] = self.secret
+        for name in ("BNDL_TLS_DIR", "BNDL_TLS_CA", "BNDL_TLS_CERT", "BNDL_TLS_KEY"):
+            env.pop(name, None)
+        if self.tls_dir is not None:
+            env["BNDL_TLS_DIR"] = self.tls_dir
+        else:
+            env[BENCH_INSECURE_ENV] = "1"
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
@@ -200,6 +223,7 @@ class LocalCluster:
             "127.0.0.1",
             "--port",
             "0",
+            *(["--insecure-benchmark-only"] if self.insecure else []),
             *self.worker_args,
         ]
         return subprocess.Popen(
@@ -259,6 +283,9 @@ class LocalCluster:
         if self.loop is not None:
             self.loop.close()
             self.loop = None
+        if self.tls_dir is not None:
+            shutil.rmtree(self.tls_dir, ignore_errors=True)
+            self.tls_dir = None
 
 
 def _drain(stream: Any) -> None:

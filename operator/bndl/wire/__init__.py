@@ -1,5 +1,5 @@
-"""What the driver (or operator) and the workers share: signing, frames, task envelopes, refs,
-the error hierarchy of the boundary and the HTTP client.
+"""What the driver (or operator) and the workers share: TLS material (:mod:`bndl.wire.tls`),
+frames, task envelopes, refs, the error hierarchy of the boundary and the HTTP client.
 
 Nothing here knows about the scheduler or Kubernetes; the worker server lives in ``bndl.worker``.
 """
@@ -21,7 +21,6 @@ from bndl.wire.errors import (
     TaskNotDecodable,
 )
 from bndl.wire.refs import RemoteRef
-from bndl.wire.signing import Verifier, sign
 from bndl.wire.tasks import Completion, TaskItem
 
 __all__ = [
@@ -43,9 +42,7 @@ __all__ = [
     "TaskAborted",
     "TaskItem",
     "TaskNotDecodable",
-    "Verifier",
     "WorkerClient",
     "create_session",
     "merge_cpu_stats",
-    "sign",
 ]

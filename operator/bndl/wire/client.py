@@ -1,10 +1,14 @@
 """The driver's (and peers') side of the protocol: one async client per worker.
 
 All clients of a driver share ONE long-lived ``aiohttp.ClientSession`` (:func:`create_session`),
-so connections are pooled and kept alive. Every request goes through
-:meth:`WorkerClient._exchange`, the single choke point that signs the request, applies timeouts and
-maps failures: transport failures become ``NotConnected`` (the worker counts as lost), refusals
-become a :class:`~bndl.wire.errors.ProtocolError` subclass carrying the server's message.
+so connections are pooled and kept alive. Each client speaks mutual TLS with its cluster's client
+context (:mod:`bndl.wire.tls`): the worker must present a certificate of the cluster's authority
+before anything is sent, so whoever answers at a worker's address without one is refused by the
+handshake (``NotConnected``) and nothing it says is unpickled. Every request goes through
+:meth:`WorkerClient._exchange`, the single choke point that applies timeouts and maps failures:
+transport failures (a failed handshake included) become ``NotConnected`` (the worker counts as
+lost), refusals become a :class:`~bndl.wire.errors.ProtocolError` subclass carrying the server's
+message.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import ssl
 import tempfile
 import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
@@ -34,7 +39,6 @@ from bndl.wire.errors import (
     not_connected,
     protocol_error,
 )
-from bndl.wire.signing import sign
 from bndl.wire.tasks import (
     DONE,
     Completion,
@@ -104,13 +108,21 @@ class WorkerClient:
         self,
         name: str,
         url: str,
-        secret: bytes,
+        tls: ssl.SSLContext | None,
         session: aiohttp.ClientSession,
         settings: ClientSettings | None = None,
     ) -> None:
+        """``tls``: the cluster's client context, for an ``https://`` URL; None only for an
+        ``http://`` one (a benchmark without encryption: :func:`bndl.wire.tls.bench_insecure`)."""
+        https = url.startswith("https://")
+        if https == (tls is None):
+            raise ValueError(
+                f"worker URL {url!r} "
+                + ("needs the cluster's TLS context" if https else "is not https: refused")
+            )
         self.name = name
         self.url = url.rstrip("/")
-        self._secret = secret
+        self._tls = tls
         self._session = session
         self.settings = settings or ClientSettings()
         self._coalescer = Coalescer(self._run_request, self.settings.max_batch)
@@ -134,15 +146,15 @@ class WorkerClient:
         timeout: aiohttp.ClientTimeout | None = None,
         pickled_errors: bool = False,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
-        """Send one signed request and yield its (successful) response.
+        """Send one request and yield its (successful) response.
 
         ``pickled_errors``: a 500 response with a pickled body carries an exception raised by
         remote code, which is raised here as itself (with its remote traceback).
         """
-        headers = sign(self._secret, method, path, body)
-        if body:
-            headers["Content-Type"] = content_type
+        headers = {"Content-Type": content_type} if body else {}
         options: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        if self._tls is not None:
+            options["ssl"] = self._tls
         try:
             async with self._session.request(
                 method,

@@ -1,7 +1,8 @@
 """The READY line: how a worker started with ``--port 0`` tells its parent where it listens.
 
 Once the worker accepts requests it prints exactly one line to stdout, flushed:
-``BNDL_WORKER_READY {"name": ..., "url": ..., "pid": ...}``. A parent process (the local cluster,
+``BNDL_WORKER_READY {"name": ..., "url": ..., "pid": ..., "health": ...}`` (``health``: the URL
+of its plain-HTTP probes). A parent process (the local cluster,
 tests) reads stdout until it sees the line.
 """
 
@@ -20,10 +21,17 @@ class Announcement:
     name: str
     url: str
     pid: int
+    health: str | None = None
+    """Base URL of the plain-HTTP probes (``/healthz``, ``/readyz``)."""
 
 
 def ready_line(announcement: Announcement) -> str:
-    payload = {"name": announcement.name, "url": announcement.url, "pid": announcement.pid}
+    payload = {
+        "name": announcement.name,
+        "url": announcement.url,
+        "pid": announcement.pid,
+        "health": announcement.health,
+    }
     return f"{READY_PREFIX} {json.dumps(payload)}"
 
 
@@ -34,6 +42,12 @@ def parse_ready_line(line: str) -> Announcement | None:
         return None
     try:
         data = json.loads(payload)
-        return Announcement(str(data["name"]), str(data["url"]), int(data["pid"]))
-    except (ValueError, KeyError, TypeError) as e:
+        health = data.get("health")
+        return Announcement(
+            str(data["name"]),
+            str(data["url"]),
+            int(data["pid"]),
+            None if health is None else str(health),
+        )
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise ValueError(f"malformed {READY_PREFIX} line: {line!r}") from e

@@ -1,7 +1,10 @@
 """The worker's HTTP endpoints and its life cycle (start, announce, serve, stop on SIGTERM).
 
 Handlers stay thin: decoding and routing here, running tasks in :mod:`bndl.worker.runner`,
-authentication in :mod:`bndl.worker.guard`. ``POST /v1/run`` answers with a stream of
+request checks in :mod:`bndl.worker.guard`. The task port speaks mutual TLS only, through
+:mod:`bndl.worker.listener` (bounded handshakes and connections); ``/healthz`` and ``/readyz``
+are also served on a separate plain-HTTP port for the kubelet's probes, which serves nothing
+else. ``POST /v1/run`` answers with a stream of
 length-prefixed frames (:mod:`bndl.wire.frames`): one per finished task, written as soon as it is
 ready, and a heartbeat whenever ``heartbeat_interval`` passes without one, so a client can tell a
 hung worker from a slow task. When every task is done before the first frame would be written,
@@ -17,12 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import pickle
 import signal
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,13 +34,13 @@ import cloudpickle
 from aiohttp import web
 
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
-from bndl.wire.signing import Verifier
 from bndl.wire.tasks import decode_run, encode_results
 from bndl.worker import metrics, profiling
 from bndl.worker.announce import Announcement, ready_line
-from bndl.worker.config import WorkerConfig
+from bndl.worker.config import WorkerConfig, default_health_port
 from bndl.worker.context import WorkerInfo
-from bndl.worker.guard import error_response, guard
+from bndl.worker.guard import error_response, guard, read_json
+from bndl.worker.listener import Listener
 from bndl.worker.runner import HEARTBEAT_FRAME, Stream, TaskRunner
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,8 @@ class Worker:
         self.ready = False
         self._session: aiohttp.ClientSession | None = None
         self._peers: dict[tuple[str, str], WorkerClient] = {}
+        # As a client of its peers, a worker presents the worker certificate it serves with.
+        self._client_tls = config.tls.read().client_context() if config.tls else None
         self.runner: TaskRunner | None = None
 
     def peer(self, name: str, url: str) -> WorkerClient:
@@ -62,7 +67,7 @@ class Worker:
         if client is None:
             if self._session is None:
                 self._session = create_session()
-            client = WorkerClient(name, url, self.config.secret, self._session)
+            client = WorkerClient(name, url, self._client_tls, self._session)
             self._peers[(name, url)] = client
         return client
 
@@ -77,10 +82,7 @@ class Worker:
             orphan_grace=self.config.orphan_grace,
         )
         app = web.Application(
-            middlewares=[
-                guard(Verifier(self.config.secret, self.config.auth_window), self.config.max_body)
-            ],
-            client_max_size=self.config.max_body,
+            middlewares=[guard(self.config.max_body)], client_max_size=self.config.max_body
         )
         app[_RUNNER] = self.runner
         app[_WORKER] = self
@@ -106,6 +108,14 @@ class Worker:
         """The plain application of the metrics port: ``GET /metrics`` and nothing else."""
         app = web.Application()
         metrics.add_route(app, lambda: self.runner)
+        return app
+
+    def health_app(self) -> web.Application:
+        """The plain-HTTP probes, on their own port: nothing else is served there."""
+        app = web.Application(middlewares=[guard(0)], client_max_size=1024)
+        app[_WORKER] = self
+        app.router.add_get("/healthz", healthz)
+        app.router.add_get("/readyz", readyz)
         return app
 
     async def close(self) -> None:
@@ -159,7 +169,7 @@ async def run(request: web.Request) -> web.StreamResponse:
 async def attach(request: web.Request) -> web.StreamResponse:
     """Adopt runs started earlier (``{"keys": [...]}``): answered like a run request."""
     try:
-        keys = json.loads(await request.read())["keys"]
+        keys = (await read_json(request))["keys"]
     except (ValueError, KeyError, TypeError) as e:
         return error_response(400, f'malformed attach request, want {{"keys": [...]}}: {e!r}')
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
@@ -258,7 +268,7 @@ def _small(value: object) -> bool:
 
 async def release(request: web.Request) -> web.Response:
     try:
-        payload = json.loads(await request.read())
+        payload = await read_json(request)
         keys = payload.get("keys", [])
         prefix = payload.get("prefix")
     except (ValueError, AttributeError) as e:
@@ -294,7 +304,7 @@ async def call(request: web.Request) -> web.Response:
 
 async def _json_field(request: web.Request, name: str) -> Any:
     try:
-        return json.loads(await request.read()).get(name)
+        return (await read_json(request)).get(name)
     except (ValueError, AttributeError):
         return None
 
@@ -353,6 +363,11 @@ def _advertised_host(bind: str) -> str:
     return f"[{bind}]" if ":" in bind else bind
 
 
+def _listen(bind: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in bind else socket.AF_INET
+    return socket.create_server((bind, port), family=family, backlog=1024)
+
+
 async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
     """Run a worker until SIGTERM or SIGINT; prints the READY line once it accepts requests.
 
@@ -363,22 +378,54 @@ async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    family = socket.AF_INET6 if ":" in config.bind else socket.AF_INET
+    tls: ssl.SSLContext | None = config.tls.read().server_context() if config.tls else None
     # bind first: the URL a worker announces (and gives tasks) needs the port
-    sock = socket.create_server((config.bind, config.port), family=family)
-    url = config.url or f"http://{_advertised_host(config.bind)}:{sock.getsockname()[1]}"
+    sock = _listen(config.bind, config.port)
+    port = sock.getsockname()[1]
+    health_port = config.health_port
+    if health_port is None:
+        health_port = default_health_port(config.port)
+    try:
+        health_sock = _listen(config.bind, health_port)
+    except BaseException:
+        sock.close()
+        raise
+    scheme = "https" if tls is not None else "http"
+    host = _advertised_host(config.bind)
+    url = config.url or f"{scheme}://{host}:{port}"
+    health = f"http://{host}:{health_sock.getsockname()[1]}"
     worker = Worker(config)
-    runner = web.AppRunner(worker.app(url), access_log=None, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        worker.app(url),
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+        keepalive_timeout=config.idle_timeout,
+        # A client that goes away ends its handler at once: its run's tasks become orphans
+        # then, not at the next write (which a new driver's attach could overtake).
+        handler_cancellation=True,
+    )
+    health_runner = web.AppRunner(worker.health_app(), access_log=None, shutdown_timeout=1.0)
     await runner.setup()
+    await health_runner.setup()
+    assert runner.server is not None
+    listener = Listener(
+        sock,
+        runner.server,
+        tls,
+        max_connections=config.max_connections,
+        max_handshakes=config.max_handshakes,
+        handshake_timeout=config.handshake_timeout,
+    )
     scrape: web.AppRunner | None = None
     try:
-        await web.SockSite(runner, sock).start()
+        await web.SockSite(health_runner, health_sock).start()
+        listener.start()
         if config.metrics_port is not None:
             scrape = web.AppRunner(worker.metrics_app(), access_log=None)
             await scrape.setup()
             await web.TCPSite(scrape, config.bind, config.metrics_port).start()
         worker.ready = True
-        print(ready_line(Announcement(config.name, url, os.getpid())), flush=True)
+        print(ready_line(Announcement(config.name, url, os.getpid(), health)), flush=True)
         await stop.wait()
         log.info("stopping worker %s", config.name)
         worker.ready = False
@@ -387,5 +434,7 @@ async def serve(config: WorkerConfig, shutdown_timeout: float = 5.0) -> None:
     finally:
         if scrape is not None:
             await scrape.cleanup()
+        await listener.close()
         await runner.cleanup()
+        await health_runner.cleanup()
         await worker.close()
