@@ -271,6 +271,9 @@ def test_results_profile_and_delete() -> None:
     assert (code, out) == (0, '{"task": "total", "result": 14}\n')
     assert "2 results did not fit" in err
     assert client.results("squares", api=api) == {"total": 14}  # type: ignore[arg-type]
+    api.statuses = [status("Running", 1)]
+    code, out, err = cli(api, "results", "squares")
+    assert (code, out) == (0, "") and "no results yet: the job is Running" in err
     code, _, err = cli(api, "profile", "squares")
     assert code == 1 and "has no profile (yet)" in err
     api.config_maps[("team", "squares-profile")] = {"data": {"profile.txt": "CPU profile\n"}}
@@ -358,6 +361,9 @@ def test_logs_after_a_failure_show_the_failed_task_s_output_from_the_status() ->
     assert cli(api, "logs", "squares", "--task", "b")[1] == out
     code, out, err = cli(api, "logs", "squares", "--task", "a")
     assert (code, out) == (0, "") and "no lines of task 'a'" in err
+    api.statuses = [status("Failed", failedTask={"id": "b", "output": ""})]
+    code, out, err = cli(api, "logs", "squares")
+    assert out.endswith("kept in the status) <==\n") and "(it printed and logged nothing)" in err
     assert client.failed_task({"failedTask": {"id": "x"}}) == ("x", "")
     assert client.failed_task({}) is None
 

@@ -37,6 +37,9 @@ SPIN = "spin  (bndl_examples/probes.py:"
 SINKS = 40
 SINK_SIZE = 2000
 """40 results of 2,000 characters: 80 KB of JSON, five times what a job's status holds."""
+TIMEOUT = 1200
+"""pytest-timeout counts the setup: the first test of a session builds the cluster and both
+images (8 minutes on a loaded 2-core machine), then installs the chart."""
 
 
 def bndl(
@@ -80,6 +83,7 @@ def lines(stdout: str) -> dict[str, Any]:
     return {d["task"]: d["result"] for d in map(json.loads, stdout.splitlines())}
 
 
+@pytest.mark.timeout(TIMEOUT)
 def test_submit_watch_shows_progress_all_results_and_the_profile(
     chart_operator: ChartOperator, tmp_path: Path
 ) -> None:
@@ -131,6 +135,7 @@ def test_submit_watch_shows_progress_all_results_and_the_profile(
     assert table.returncode == 0 and "cli-profiled" in table.stdout and "Succeeded" in table.stdout
 
 
+@pytest.mark.timeout(TIMEOUT)
 def test_logs_show_what_a_failed_task_printed_after_its_pods_are_gone(
     chart_operator: ChartOperator, tmp_path: Path
 ) -> None:

@@ -173,7 +173,12 @@ def _get(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
 
 
 def _results(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int:
-    _print_results(client.read_results(args.job, args.namespace, api=api), out, err)
+    status = client.status(args.job, args.namespace, api=api)
+    found = client.read_results(args.job, args.namespace, api=api, job_status=status)
+    _print_results(found, out, err)
+    phase = status.get("phase", "Pending")
+    if not found.values and phase not in client.FINISHED:
+        print(f"no results yet: the job is {phase}", file=err)
     return 0
 
 
@@ -193,7 +198,10 @@ def _logs(api: Api, args: argparse.Namespace, out: IO[str], err: IO[str]) -> int
             f"==> task {task} (failed the job; the end of its output, kept in the status) <==",
             file=out,
         )
-        out.write(output if output.endswith("\n") or not output else output + "\n")
+        if output:
+            out.write(output if output.endswith("\n") else output + "\n")
+        else:
+            print("(it printed and logged nothing)", file=err)
         return 0
     what = f"no lines of task {args.task!r}" if args.task else "no worker pods"
     print(f"{what} (worker pods are deleted by the job's cleanupPolicy)", file=err)
