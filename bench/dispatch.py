@@ -6,10 +6,12 @@ One invocation runs every system on the same three workloads, side by side:
 - a 2,000-task chain (each task takes the previous task's result);
 - 1,000 maps and a binary tree reduce over their results.
 
-It prints tasks/s per system and each system's ratio to bndl. Ray runs only if it is installed.
-bndl runs as users get it, with mutual TLS between the driver and its workers; ``bndl-plain`` is
-the same run with encryption off (a benchmark-only switch), to show what encryption costs.
-Run: python bench/dispatch.py [--scale 0.1]
+It prints tasks/s per system and each system's ratio to bndl, first with every system at its
+default settings (bndl: one task per worker at a time, dispatched ahead, with mutual TLS between
+the driver and its workers; Dask: one thread per worker; Ray: one CPU per worker), then, with ``--tuned``, with 8 slots per worker where a system
+has them (bndl's concurrency, Dask's threads per worker). Ray and Dask run only if installed.
+``bndl-plain`` is bndl with encryption off (a benchmark-only switch): what encryption costs.
+Run: python bench/dispatch.py [--scale 0.1] [--tuned]
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from concurrent.futures import ProcessPoolExecutor
 from typing import Any
 
 WORKERS = 2
-# bndl's slots per worker: tasks of the job in flight on one worker (each on its own thread).
-CONCURRENCY = 8
+# The tuned table: slots per worker (bndl's concurrency, Dask's threads per worker).
+TUNED_SLOTS = 8
 
 
 def inc(x: int) -> int:
@@ -83,19 +85,20 @@ def bndl_tree(ctx: Any, n: int) -> int:
 
 
 def run_bndl(
-    workloads: list[tuple[str, int]], insecure: bool = False
+    workloads: list[tuple[str, int]], slots: int | None, insecure: bool = False
 ) -> dict[str, tuple[int, float]]:
-    from bndl.execute import CONCURRENCY as CONCURRENCY_KEY
+    from bndl.execute import CONCURRENCY
     from bndl.local import LocalCluster
     from bndl.wire.tls import BENCH_INSECURE_ENV
 
     fns = {"independent": bndl_independent, "chain": bndl_chain, "tree": bndl_tree}
     out = {}
+    config = {} if slots is None else {CONCURRENCY: slots}
     # Encryption off needs both the switch and the variable (the workers' environment only).
     plain: dict[str, Any] = (
         {"insecure_benchmark_only": True, "env": {BENCH_INSECURE_ENV: "1"}} if insecure else {}
     )
-    with LocalCluster(workers=WORKERS, config={CONCURRENCY_KEY: CONCURRENCY}, **plain) as ctx:
+    with LocalCluster(workers=WORKERS, config=config, **plain) as ctx:
         bndl_independent(ctx, 100)  # warm up: imports on the workers, connections
         for name, n in workloads:
             start = time.perf_counter()
@@ -104,19 +107,25 @@ def run_bndl(
     return out
 
 
-def run_bndl_plain(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
+def run_bndl_plain(
+    workloads: list[tuple[str, int]], slots: int | None
+) -> dict[str, tuple[int, float]]:
     """bndl without encryption: what mutual TLS costs (never run a cluster like this)."""
-    return run_bndl(workloads, insecure=True)
+    return run_bndl(workloads, slots, insecure=True)
 
 
 # ----------------------------------------------------------------------------------- dask
 
 
-def run_dask(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
-    from dask.distributed import Client, LocalCluster
+def run_dask(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, tuple[int, float]]:
+    try:
+        from dask.distributed import Client, LocalCluster
+    except ImportError:
+        return None  # type: ignore[return-value]
 
     out = {}
-    cluster = LocalCluster(n_workers=WORKERS, threads_per_worker=1, processes=True)
+    threads = {} if slots is None else {"threads_per_worker": slots}
+    cluster = LocalCluster(n_workers=WORKERS, processes=True, dashboard_address=None, **threads)
     with cluster, Client(cluster) as client:
         client.gather(client.map(inc, range(100)))
         for name, n in workloads:
@@ -151,11 +160,15 @@ def run_dask(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
 # ------------------------------------------------------------------------------------ ray
 
 
-def run_ray(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]] | None:
+def run_ray(
+    workloads: list[tuple[str, int]], slots: int | None
+) -> dict[str, tuple[int, float]] | None:
     try:
         import ray
     except ImportError:
         return None
+    if slots is not None:
+        return None  # Ray's tasks take a CPU each: no slots to tune
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=WORKERS, include_dashboard=False, log_to_driver=False)
     try:
@@ -193,7 +206,9 @@ def run_ray(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]] | 
 # --------------------------------------------------------------------- ProcessPoolExecutor
 
 
-def run_pool(workloads: list[tuple[str, int]]) -> dict[str, tuple[int, float]]:
+def run_pool(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, tuple[int, float]]:
+    if slots is not None:
+        return None  # type: ignore[return-value]  # a process per worker: nothing to tune
     out = {}
     with ProcessPoolExecutor(WORKERS) as pool:
         list(pool.map(inc, range(100)))
@@ -228,6 +243,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--scale", type=float, default=1.0, help="shrink the workloads")
     parser.add_argument("--only", nargs="*", help="systems to run (bndl bndl-plain dask ray pool)")
+    parser.add_argument(
+        "--tuned", action="store_true", help=f"also a table with {TUNED_SLOTS} slots per worker"
+    )
     args = parser.parse_args()
     s = args.scale
     workloads = [
@@ -235,24 +253,35 @@ def main() -> None:
         ("chain", int(2_000 * s)),
         ("tree", int(1_000 * s)),
     ]
-    systems: dict[str, Callable[[list[tuple[str, int]]], Any]] = {
+    systems: dict[str, Callable[[list[tuple[str, int]], int | None], Any]] = {
         "bndl": run_bndl,
         "bndl-plain": run_bndl_plain,
         "dask": run_dask,
         "ray": run_ray,
         "pool": run_pool,
     }
-    results: dict[str, dict[str, tuple[int, float]]] = {}
-    for name, fn in systems.items():
-        if args.only and name not in args.only:
-            continue
-        measured = fn(workloads)
-        if measured is None:
-            print(f"{name}: not installed, skipped")
-            continue
-        results[name] = measured
+    tables: list[tuple[str, int | None]] = [("every system at its default settings", None)]
+    if args.tuned:
+        tables.append((f"{TUNED_SLOTS} slots per worker where a system has them", TUNED_SLOTS))
+    for title, slots in tables:
+        results: dict[str, dict[str, tuple[int, float]]] = {}
+        for name, fn in systems.items():
+            if args.only and name not in args.only:
+                continue
+            measured = fn(workloads, slots)
+            if measured is None:
+                print(f"{name}: not installed or nothing to tune, skipped")
+                continue
+            results[name] = measured
+        print_table(title, workloads, results)
+
+
+def print_table(
+    title: str, workloads: list[tuple[str, int]], results: dict[str, dict[str, tuple[int, float]]]
+) -> None:
+    print(f"\n{title} ({WORKERS} workers)")
     print(
-        f"\n{'workload':<14}{'system':<12}{'tasks':>8}{'seconds':>9}{'tasks/s':>10}"
+        f"{'workload':<14}{'system':<12}{'tasks':>8}{'seconds':>9}{'tasks/s':>10}"
         f"{'ms/task':>9}{'bndl is':>10}"
     )
     for workload, _ in workloads:

@@ -247,13 +247,15 @@ def test_a_detached_scheduler_dispatches_cancels_and_releases_nothing() -> None:
     from bndl.execute.workers import ThreadWorker
 
     class Recording(ThreadWorker):
+        queues_ahead = False  # its run() takes no lane
+
         def __init__(self, name: str) -> None:
             super().__init__(name)
             self.calls: list[str] = []
             self.futures: list[Future[Any]] = []
 
         def run(self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool,
-                reply: bool = True) -> Future[Any]:  # fmt: skip
+                reply: bool = True, lane: Any = None) -> Future[Any]:  # fmt: skip
             self.calls.append(f"run {key}")
             future: Future[Any] = Future()
             self.futures.append(future)

@@ -191,6 +191,8 @@ def test_the_error_gains_causes_and_survives_pickling() -> None:
 class DyingWorker(ThreadWorker):
     """Every run breaks its connection, as when the task kills the worker process."""
 
+    queues_ahead = False  # its run() takes no lane
+
     def __init__(self, name: str, cause: str | None) -> None:
         super().__init__(name)
         self.cause = cause
@@ -244,6 +246,8 @@ def test_the_shell_asks_lost_workers_why_and_names_the_causes() -> None:
 
 def test_lose_worker_without_charge_is_forgiven_and_with_charge_counts() -> None:
     class Hanging(ThreadWorker):
+        queues_ahead = False  # its run() takes no lane
+
         def run(self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool) -> Future[Any]:
             self.runs += 1
             return Future()
@@ -284,6 +288,8 @@ def test_a_worker_that_only_timed_out_is_lost_but_not_charged() -> None:
     from bndl.execute.workers import ThreadWorker
 
     class Timing(ThreadWorker):
+        queues_ahead = False  # its run() takes no lane
+
         def __init__(self, name: str, timed_out: bool) -> None:
             super().__init__(name)
             self.timed_out = timed_out

@@ -25,10 +25,17 @@ class RecordingWorker(ThreadWorker):
         self.asked: dict[str, tuple[bool, bool]] = {}
 
     def run(
-        self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool, reply: bool = True
+        self,
+        key: str,
+        fn: Any,
+        args: Any,
+        kwargs: Any,
+        keep: bool,
+        reply: bool = True,
+        lane: Any = None,
     ) -> Future[Any]:
         self.asked[key.rsplit("/", 1)[1]] = (keep, reply)
-        return super().run(key, fn, args, kwargs, keep, reply)
+        return super().run(key, fn, args, kwargs, keep, reply, lane)
 
 
 class NoFetch(ThreadWorker):

@@ -15,6 +15,8 @@ from bndl.execute.workers import ThreadWorker
 class HangingWorker(ThreadWorker):
     """A worker whose runs never complete (a pod that vanished without closing its streams)."""
 
+    queues_ahead = False  # its run() takes no lane
+
     def run(self, key: str, fn: Any, args: Any, kwargs: Any, keep: bool) -> Future[Any]:
         self.runs += 1
         return Future()

@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from bndl.driver.loop import IoLoop
 from bndl.execute.exceptions import NotConnected
 from bndl.execute.job import RmiTask, Task
-from bndl.execute.workers import Worker
+from bndl.execute.workers import Lane, Worker
 from bndl.wire import Completion, Held, RemoteRef, TaskItem, WorkerClient
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ class HttpWorker:
     Results come back with each completion (the driver hands them to the caller) and, for tasks
     with dependents, stay on the worker for peers to fetch.
     """
+
+    queues_ahead = True
+    """Runs sent with a lane wait on the worker for a slot of their lane (dispatch ahead)."""
 
     loss_cause: Callable[[], str | None] | None = None
     """Why the worker died, if whoever watches its process or pod knows (the local cluster sets
@@ -69,11 +72,15 @@ class HttpWorker:
         kwargs: Mapping[str, Any],
         keep: bool,
         reply: bool = True,
+        lane: Lane | None = None,
     ) -> Future[Any]:
         """Run a task; the future resolves to its value (``None`` with ``reply=False``, which
         leaves a successful result out of the completion: use with ``keep``) or its exception,
-        ``NotConnected`` when the worker is lost."""
+        ``NotConnected`` when the worker is lost. With a ``lane`` the run waits on the worker
+        while the lane's slots are taken."""
         item = TaskItem(key, fn, tuple(args), dict(kwargs), keep, reply)
+        if lane is not None:
+            item.lane, item.slots = lane.name, lane.slots
         return self._track(lambda future: self._resolve(self.client.run([item]), future, True))
 
     def attach(self, key: str, reply: bool = True) -> Future[Any]:

@@ -7,6 +7,9 @@ Configuration keys (read at the start of each job; per-call arguments override t
   fails.
 - ``bndl.execute.max_worker_losses`` (int, default 3): lost workers a task may be charged (it was
   running on them when they were lost) before the job fails with ``WorkerKilledByTask``.
+- ``bndl.execute.ahead`` (int or None, default None): tasks of one job queued on a worker beyond
+  its ``concurrency`` slots, so it never waits a round trip for its next task; None means as many
+  as ``concurrency`` on workers that keep a queue, 0 turns queueing off.
 """
 
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
@@ -14,5 +17,13 @@ from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 CONCURRENCY = "bndl.execute.concurrency"
 ATTEMPTS = "bndl.execute.attempts"
 MAX_WORKER_LOSSES = "bndl.execute.max_worker_losses"
+AHEAD = "bndl.execute.ahead"
 
-__all__ = ["ATTEMPTS", "CONCURRENCY", "MAX_WORKER_LOSSES", "DependenciesFailed", "TaskCancelled"]
+__all__ = [
+    "AHEAD",
+    "ATTEMPTS",
+    "CONCURRENCY",
+    "MAX_WORKER_LOSSES",
+    "DependenciesFailed",
+    "TaskCancelled",
+]

@@ -11,13 +11,13 @@ from collections.abc import Generator, Iterable, Iterator, Mapping
 from datetime import timedelta
 from typing import Any
 
-from bndl.execute import ATTEMPTS, CONCURRENCY, MAX_WORKER_LOSSES
+from bndl.execute import AHEAD, ATTEMPTS, CONCURRENCY, MAX_WORKER_LOSSES
 from bndl.execute.job import Job, Task
 from bndl.execute.profile import CpuProfiling, MemoryProfiling
 from bndl.execute.scheduler import Scheduler
 from bndl.execute.workers import StaticWorkers, Worker, WorkerSet
 
-DEFAULTS: dict[str, Any] = {CONCURRENCY: 1, ATTEMPTS: 1, MAX_WORKER_LOSSES: 3}
+DEFAULTS: dict[str, Any] = {CONCURRENCY: 1, ATTEMPTS: 1, MAX_WORKER_LOSSES: 3, AHEAD: None}
 
 # How many finished jobs a context remembers (the original kept every job forever).
 RECENT_JOBS = 100
@@ -145,6 +145,7 @@ class ExecutionContext:
         concurrency: int | None = None,
         attempts: int | None = None,
         max_worker_losses: int | None = None,
+        ahead: int | None = None,
     ) -> Generator[Task, None, None]:
         """Run ``job``; yields each task exactly once, after it succeeded.
 
@@ -152,7 +153,8 @@ class ExecutionContext:
         with ``task.result()``. A task failing ``attempts`` times, or a job that cannot complete,
         raises from the generator; so does a task running on ``max_worker_losses`` workers that
         were lost (:class:`~bndl.execute.core.WorkerKilledByTask`). Closing the generator early
-        cancels what still runs.
+        cancels what still runs. ``ahead``: tasks queued on each worker beyond ``concurrency``
+        (see ``bndl.execute.ahead``).
         """
         if not self.running:
             raise RuntimeError("the execution context was stopped")
@@ -164,6 +166,12 @@ class ExecutionContext:
             "max_worker_losses",
             max_worker_losses if max_worker_losses is not None else self.conf[MAX_WORKER_LOSSES],
         )
+        if ahead is None:
+            ahead = self.conf.get(AHEAD)
+        if ahead is not None and (
+            not isinstance(ahead, int) or isinstance(ahead, bool) or ahead < 0
+        ):
+            raise ValueError(f"ahead must be a whole number of at least 0 or None, not {ahead!r}")
         if workers is None:
             self.await_workers()
             workers = self.workers
@@ -178,6 +186,7 @@ class ExecutionContext:
             concurrency,
             attempts,
             max_worker_losses=max_worker_losses,
+            ahead=ahead,
         )
         job.counter = scheduler.counts
         scheduler.start()

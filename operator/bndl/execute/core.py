@@ -8,7 +8,13 @@ and behind the asyncio shell of the Kubernetes operator.
 
 Semantics follow the original ``bndl.execute`` scheduler with its known bugs fixed:
 
-- exactly ``concurrency`` running tasks per worker, from the first task on;
+- exactly ``concurrency`` running tasks per worker, from the first task on; with ``ahead``,
+  up to that many more are *queued* on each worker (dispatched, waiting for a slot there), so a
+  worker never waits a round trip for its next task. Workers run their queue in dispatch order,
+  so the ``concurrency`` oldest runs on a worker are the running ones. Queued runs are dispatched
+  only once every worker's slots are full, and a worker with a free slot and nothing to pick
+  takes (steals) the newest queued run of another worker: the core cancels it there and
+  dispatches it again. A queued run lost with its worker is never charged a worker loss;
 - a task that no live worker may run fails the job at once, naming the task;
 - preferred locality never overrides a forbidden worker;
 - a task that failed on a worker prefers another worker for its retry, and falls back to the same
@@ -33,6 +39,7 @@ starting it). Either is adopted only when its worker is live; otherwise it simpl
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -189,6 +196,7 @@ class Counts:
     worker_losses: int = 0  # lost runs charged to their task (see ``max_worker_losses``)
     adopted: int = 0  # tasks whose output a worker held when the job started (``held``)
     reattached: int = 0  # runs adopted at the start (``running``)
+    queued: int = 0  # dispatched and waiting for a slot on their worker (``ahead``)
 
 
 class SchedulerCore:
@@ -207,6 +215,7 @@ class SchedulerCore:
         max_worker_losses: int = 3,
         held: Mapping[TaskIds, WorkerName] | None = None,
         running: Mapping[TaskIds, WorkerName] | None = None,
+        ahead: int = 0,
     ) -> None:
         if concurrency < 1:
             raise ValueError(f"concurrency must be at least 1, not {concurrency}")
@@ -214,7 +223,10 @@ class SchedulerCore:
             raise ValueError(f"attempts must be at least 1, not {attempts}")
         if max_worker_losses < 1:
             raise ValueError(f"max_worker_losses must be at least 1, not {max_worker_losses}")
+        if ahead < 0:
+            raise ValueError(f"ahead must not be negative, not {ahead}")
         self.concurrency = concurrency
+        self.ahead = ahead
         self.attempts = attempts
         self.max_worker_losses = max_worker_losses
         self.wait_for_workers = wait_for_workers
@@ -273,7 +285,8 @@ class SchedulerCore:
         self._preferred_on: dict[WorkerName, dict[int, float]] = {}
 
         self._live: dict[WorkerName, None] = {}
-        self._running: dict[WorkerName, set[int]] = {}
+        # The runs dispatched to each worker, in dispatch order (the first ``concurrency`` run).
+        self._running: dict[WorkerName, dict[int, None]] = {}
         self._global: list[tuple[Any, int, int]] = []  # (priority, index, ready version)
         self._restricted: dict[WorkerName, list[tuple[Any, int, int]]] = {}
         self._pref: dict[WorkerName, list[tuple[float, int, int]]] = {}
@@ -293,7 +306,7 @@ class SchedulerCore:
 
         for w in workers:
             self._live[w] = None
-            self._running[w] = set()
+            self._running[w] = {}
         if locality:
             for tid, per_worker in locality.items():
                 if tid in index:
@@ -359,11 +372,12 @@ class SchedulerCore:
         i = self._current_run(task, run)
         if i is None:
             return out
+        started = self._started_on(i)
         worker = self._stop_run(i)
         if kind is FailureKind.LOST:
             self._lost_runs += 1
             self._requeue(i)
-            killer = self._charge_loss(i, worker)
+            killer = self._charge_loss(i, worker) if started else None
             if killer is not None:
                 return self._fail(killer, out, task=self._ids[i])
             self._lose_worker(worker, out, charge=True)
@@ -450,7 +464,7 @@ class SchedulerCore:
         if self._closed or worker in self._live:
             return out
         self._live[worker] = None
-        self._running[worker] = set()
+        self._running[worker] = {}
         self._forget_worker_locality(worker)
         if locality:
             for tid, value in locality.items():
@@ -502,10 +516,14 @@ class SchedulerCore:
 
     def counts(self) -> Counts:
         n = len(self._ids)
+        queued = 0
+        if self.ahead:
+            for runs in self._running.values():
+                queued += max(0, len(runs) - self.concurrency)
         return Counts(
             total=n,
             succeeded=self._succeeded,
-            running=self._running_count,
+            running=self._running_count - queued,
             ready=self._ready,
             blocked=n - self._succeeded - self._running_count - self._ready,
             retried=self._retried,
@@ -514,6 +532,7 @@ class SchedulerCore:
             worker_losses=self._worker_losses,
             adopted=self._adopted,
             reattached=self._reattached,
+            queued=queued,
         )
 
     def holder(self, task: TaskId) -> WorkerName | None:
@@ -541,11 +560,22 @@ class SchedulerCore:
             return None
         return i
 
+    def _started_on(self, i: int) -> bool:
+        """Whether run ``i`` is among the ``concurrency`` oldest on its worker: running there,
+        not queued (the worker runs its queue in dispatch order)."""
+        worker = self._running_on[i]
+        if worker is None:
+            return False
+        runs = self._running[worker]
+        if len(runs) <= self.concurrency:
+            return True
+        return i in itertools.islice(runs, self.concurrency)
+
     def _stop_run(self, i: int) -> WorkerName:
         worker = self._running_on[i]
         assert worker is not None
         self._running_on[i] = None
-        self._running[worker].discard(i)
+        del self._running[worker][i]
         self._running_count -= 1
         self._state[i] = _BLOCKED
         if worker in self._live:
@@ -665,12 +695,13 @@ class SchedulerCore:
         self._pref.pop(worker, None)
         self._restricted.pop(worker, None)
         killer: WorkerKilledByTask | None = None
-        for i in sorted(self._running[worker]):
+        runs = list(self._running[worker])
+        for position, i in sorted(enumerate(runs), key=lambda run: run[1]):
             out.append(Cancel(self._ids[i], worker, self._run[i]))
             self._stop_run(i)
             self._lost_runs += 1
             self._requeue(i)
-            if charge:
+            if charge and position < self.concurrency:  # queued runs never ran there
                 error = self._charge_loss(i, worker)
                 killer = killer or error
         del self._running[worker]
@@ -758,24 +789,79 @@ class SchedulerCore:
         self._state[i] = _RUNNING
         self._run[i] += 1
         self._running_on[i] = worker
-        self._running[worker].add(i)
+        self._running[worker][i] = None
         self._running_count += 1
         out.append(Dispatch(self._ids[i], worker, self._run[i]))
 
     def _fill(self, out: list[Decision]) -> None:
-        concurrency = self.concurrency
+        """Fill every worker's free slots, then its queue (``ahead``), then let workers with a
+        free slot and nothing to pick steal queued runs."""
+        self._fill_to(self.concurrency, out)
+        if self.ahead:
+            self._queue_ahead(out)
+            self._steal(out)
+
+    def _fill_to(self, limit: int, out: list[Decision]) -> None:
         for w in self._live:
             if not self._ready:
                 return
             if w in self._idle:
                 continue
             running = self._running[w]
-            while len(running) < concurrency and self._ready:
+            while len(running) < limit and self._ready:
                 i = self._select(w)
                 if i is None:
                     self._idle.add(w)
                     break
                 self._dispatch(i, w, out)
+
+    def _queue_ahead(self, out: list[Decision]) -> None:
+        """Fill the workers' queues one run per worker per round, so that ready tasks scarcer
+        than queue places spread over the workers."""
+        limit = self.concurrency + self.ahead
+        placed = True
+        while placed and self._ready:
+            placed = False
+            for w in self._live:
+                if not self._ready:
+                    return
+                if w in self._idle or len(self._running[w]) >= limit:
+                    continue
+                i = self._select(w)
+                if i is None:
+                    self._idle.add(w)
+                    continue
+                self._dispatch(i, w, out)
+                placed = True
+
+    def _steal(self, out: list[Decision]) -> None:
+        """Move queued runs to workers with free slots: the newest queued run of the worker
+        with the longest queue that may run there, cancelled on its worker and dispatched again."""
+        concurrency = self.concurrency
+        for w in self._live:
+            runs = self._running[w]
+            while len(runs) < concurrency:
+                victim = None
+                longest = concurrency
+                for v, queue in self._running.items():
+                    if len(queue) > longest:
+                        victim, longest = v, len(queue)
+                if victim is None:
+                    return  # nothing is queued anywhere
+                i = self._newest_eligible(victim, w)
+                if i is None:
+                    break
+                out.append(Cancel(self._ids[i], victim, self._run[i]))
+                self._stop_run(i)
+                self._start_run(i, w, out)
+
+    def _newest_eligible(self, victim: WorkerName, worker: WorkerName) -> int | None:
+        """The newest queued run on ``victim`` that may run on ``worker``."""
+        queue = list(self._running[victim])[self.concurrency :]
+        for i in reversed(queue):
+            if self._eligible(i, worker):
+                return i
+        return None
 
     def _finish_step(self, out: list[Decision]) -> list[Decision]:
         if self._closed:

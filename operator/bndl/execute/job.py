@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 if TYPE_CHECKING:
     from bndl.execute.context import ExecutionContext
     from bndl.execute.core import Counts
-    from bndl.execute.workers import Worker
+    from bndl.execute.workers import Lane, Worker
 
 _job_ids = itertools.count(1)
 
@@ -42,6 +42,9 @@ class SchedulerHandle(Protocol):
 
     def holder_of(self, task: Task) -> Worker | None:
         """The worker holding ``task``'s output in this job (None: not computed by it)."""
+
+    def lane_on(self, worker: Worker) -> Lane | None:
+        """The lane of the job's runs on ``worker`` (None: the worker runs what it gets)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -382,10 +385,11 @@ class RmiTask(Task):
         self._worker = worker
         self.run_key = key = f"{self.key or _format_id(self.id)}.{self.attempts}"
         keep = self.keep if self.keep is not None else bool(self.dependents)
-        if self.reply:
-            run = worker.run(key, self.method, args, kwargs, keep)
-        else:
-            run = worker.run(key, self.method, args, kwargs, True, reply=False)
+        options: dict[str, Any] = {} if self.reply else {"reply": False}
+        lane = scheduler.lane_on(worker)
+        if lane is not None:
+            options["lane"] = lane
+        run = worker.run(key, self.method, args, kwargs, keep or not self.reply, **options)
         self.future = run
         run.add_done_callback(partial(_settle, self, worker, key, self.reply))
 

@@ -13,6 +13,12 @@ see :mod:`bndl.execute.job`). A new driver adopts what an earlier one left on th
 a run still going on a worker is attached to instead of started. A run that its worker no longer
 knows (``RunNotFound``) is re-run, uncharged.
 
+Dispatch ahead: with ``ahead`` each worker gets up to that many runs beyond its ``concurrency``
+slots, queued on the worker, so it starts its next task without waiting a round trip for it.
+The worker keeps the limit: every run of the job is sent in the job's :class:`Lane`, of
+``concurrency`` slots. By default ``ahead`` is ``concurrency`` when every worker keeps lanes
+(:func:`~bndl.execute.workers.queues_ahead`), else 0.
+
 When a task is charged ``max_worker_losses`` lost workers the job fails with
 :class:`WorkerKilledByTask`; the shell then asks those workers why they were lost (an optional
 ``loss_cause()`` method of a worker: ``"exit code 3"``) and puts the answers in the error.
@@ -35,7 +41,7 @@ from bndl.execute import core
 from bndl.execute.core import FailureKind, SchedulingError, TaskIds, WorkerKilledByTask
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.execute.job import RmiTask, Task, parse_run_key, task_keys
-from bndl.execute.workers import Worker
+from bndl.execute.workers import Lane, Worker, queues_ahead
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +106,8 @@ class Scheduler:
     and finally with ``None``. ``max_worker_losses``: how many lost workers a task may be
     charged before the job fails (a per-task ``max_worker_losses`` overrides it). ``adopted``
     maps task ids to what workers reported about them (see the module docstring); entries for
-    unknown tasks or workers are ignored.
+    unknown tasks or workers are ignored. ``ahead``: runs queued on each worker beyond its
+    ``concurrency`` (None: see the module docstring).
     """
 
     def __init__(
@@ -115,6 +122,7 @@ class Scheduler:
         job_key: str | None = None,
         max_worker_losses: int = 3,
         adopted: Mapping[TaskIds, Adopted] | None = None,
+        ahead: int | None = None,
     ) -> None:
         if not tasks:
             raise ValueError("a job needs at least one task")
@@ -138,6 +146,10 @@ class Scheduler:
         self._detached = False
         self.error: BaseException | None = None
         held, running = self._adopt(adopted or {})
+        if ahead is None:
+            lanes = bool(self._workers) and all(map(queues_ahead, self._workers.values()))
+            ahead = concurrency if lanes else 0
+        self.lane = Lane(self.job_key, concurrency) if ahead else None
         self._core = core.SchedulerCore(
             self._specs(),
             list(self._workers),
@@ -149,6 +161,7 @@ class Scheduler:
             max_worker_losses=max_worker_losses,
             held=held,
             running={tid: a.worker for tid, a in running.items()},
+            ahead=ahead,
         )
         self._reattach = running
         keys = task_keys(self.job_key, [t.id for t in self.tasks])
@@ -241,6 +254,10 @@ class Scheduler:
         worker was removed on purpose (its pod deleted or scaled away), not by a task.
         """
         self._feed(partial(self._core.worker_lost, charge=charge), name)
+
+    def lane_on(self, worker: Worker) -> Lane | None:
+        """The lane the job's runs on ``worker`` go in (None: the worker runs what it gets)."""
+        return self.lane if self.lane is not None and queues_ahead(worker) else None
 
     def holder_of(self, task: Task) -> Worker | None:
         name = self._core.holder(task.id)

@@ -12,12 +12,29 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 from bndl.execute.exceptions import TaskCancelled
 
 if TYPE_CHECKING:
     from bndl.execute.job import Task
+
+
+@dataclass(frozen=True, slots=True)
+class Lane:
+    """Runs that share ``slots`` on a worker: at most that many of them run at once there, the
+    others wait in the worker's queue, in the order they came (the scheduler dispatches ahead).
+    One lane per job and driver, named by the job's key."""
+
+    name: str
+    slots: int
+
+
+def queues_ahead(worker: object) -> bool:
+    """Whether ``worker`` keeps lanes: its ``run`` takes ``lane=`` and queues runs beyond the
+    lane's slots (a ``queues_ahead = True`` attribute says so)."""
+    return getattr(worker, "queues_ahead", False) is True
 
 
 @runtime_checkable
@@ -106,13 +123,26 @@ def raise_in_thread(thread_id: int, exc_type: type[BaseException]) -> bool:
     return bool(n == 1)
 
 
+class _LaneQueue:
+    """The runs of one lane on a :class:`ThreadWorker`: how many run, and those waiting."""
+
+    __slots__ = ("running", "waiting")
+
+    def __init__(self) -> None:
+        self.running = 0
+        self.waiting: dict[str, tuple[Callable[[], None], Future[Any]]] = {}
+
+
 class ThreadWorker:
     """A worker inside this process: each task runs on its own thread.
 
     For tests and the in-process example; it has no network and shares the driver's memory, so
     results are referenced directly. It always replies with the result (``reply`` is ignored),
-    and keeps results run with ``keep`` until :meth:`release`, for :meth:`fetch`.
+    and keeps results run with ``keep`` until :meth:`release`, for :meth:`fetch`. It keeps
+    lanes: runs beyond a lane's slots wait, in order, for a run of the lane to end.
     """
+
+    queues_ahead = True
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -122,6 +152,7 @@ class ThreadWorker:
         self._cancelled: set[str] = set()
         self._started: set[str] = set()
         self._kept: dict[str, Any] = {}
+        self._lanes: dict[str, _LaneQueue] = {}
         self.runs = 0
 
     @property
@@ -140,11 +171,22 @@ class ThreadWorker:
         kwargs: Mapping[str, Any],
         keep: bool,
         reply: bool = True,
+        lane: Lane | None = None,
     ) -> Future[Any]:
         future: Future[Any] = Future()
         self.runs += 1
 
         def body() -> None:
+            try:
+                work()
+            finally:
+                if lane is not None:
+                    self._next_in(lane.name)
+
+        def start() -> None:
+            threading.Thread(target=body, name=f"task-{key}", daemon=True).start()
+
+        def work() -> None:
             try:
                 with self._lock:
                     self._started.add(key)
@@ -165,11 +207,38 @@ class ThreadWorker:
                         self._kept[key] = result
                 future.set_result(result)
 
-        threading.Thread(target=body, name=f"task-{key}", daemon=True).start()
+        if lane is not None:
+            with self._lock:
+                queue = self._lanes.setdefault(lane.name, _LaneQueue())
+                if queue.running >= lane.slots:
+                    queue.waiting[key] = (start, future)
+                    return future
+                queue.running += 1
+
+        start()
         return future
+
+    def _next_in(self, lane: str) -> None:
+        """A run of ``lane`` ended: start the first waiting one, if any."""
+        with self._lock:
+            queue = self._lanes[lane]
+            if queue.waiting:
+                first = next(iter(queue.waiting))
+                start, _ = queue.waiting.pop(first)
+            else:
+                queue.running -= 1
+                if queue.running == 0:
+                    del self._lanes[lane]
+                return
+        start()
 
     def cancel(self, key: str) -> None:
         with self._lock:
+            for queue in self._lanes.values():
+                waiting = queue.waiting.pop(key, None)
+                if waiting is not None:
+                    waiting[1].set_exception(TaskCancelled(key))
+                    return
             ident = self._threads.get(key)
             if ident is not None:
                 raise_in_thread(ident, TaskCancelled)

@@ -224,6 +224,9 @@ class LocalCluster:
             "--port",
             "0",
             *(["--insecure-benchmark-only"] if self.insecure else []),
+            # heartbeats well within the driver's timeout, so that a busy worker is not lost
+            "--heartbeat-interval",
+            f"{min(1.0, self.settings.heartbeat_timeout / 4):g}",
             *self.worker_args,
         ]
         return subprocess.Popen(

@@ -1,9 +1,12 @@
 """What a run request carries and what comes back per task, and how both are pickled.
 
-A ``POST /v1/run`` body is a plain pickle (builtins only) of ``[(key, keep, reply, blob), ...]``
-where each ``blob`` is the cloudpickle of one task's ``(fn, args, kwargs)``. Pickling each task
-separately costs a little on the driver but means a task whose function the worker cannot import
-fails alone, with a message naming the module, instead of failing its whole batch.
+A ``POST /v1/run`` body is a plain pickle (builtins only) of
+``[(key, keep, reply, blob, lane, slots), ...]`` where each ``blob`` is the cloudpickle of one
+task's ``(fn, args, kwargs)``; ``lane`` and ``slots`` say that at most ``slots`` runs of the lane
+named ``lane`` may run at once on the worker, the others waiting in order (``slots`` 0: no
+lane). Pickling each task separately costs a little on the driver but means a task whose function
+the worker cannot import fails alone, with a message naming the module, instead of failing its
+whole batch.
 
 Outcomes travel the same way: a ``("done", key, ok, blob)`` frame whose blob is the pickled result,
 or the pickled ``(exception, formatted remote traceback)``. Every way a task can end badly on the
@@ -45,7 +48,8 @@ class TaskItem:
     ``key`` names the execution: unique per dispatch (include the attempt when re-dispatching),
     it identifies the task in cancel requests, completion frames and, with ``keep``, the stored
     result. ``reply=False`` leaves a successful result out of the completion frame (use with
-    ``keep`` when only peers will read the result); failures are always sent.
+    ``keep`` when only peers will read the result); failures are always sent. With ``slots``,
+    at most that many runs of ``lane`` run at once on the worker; the others wait their turn.
     """
 
     key: str
@@ -54,6 +58,8 @@ class TaskItem:
     kwargs: dict[str, Any] = field(default_factory=dict)
     keep: bool = False
     reply: bool = True
+    lane: str = ""
+    slots: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +87,8 @@ class EncodedTask:
     keep: bool
     reply: bool
     blob: bytes
+    lane: str = ""
+    slots: int = 0
 
     def decode(self) -> tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]:
         try:
@@ -102,7 +110,10 @@ def encode_task(item: TaskItem) -> bytes:
 
 def encode_run(tasks: Sequence[tuple[TaskItem, bytes]]) -> bytes:
     """A run request body from tasks and their :func:`encode_task` blobs."""
-    return pickle.dumps([(item.key, item.keep, item.reply, blob) for item, blob in tasks], PROTOCOL)
+    return pickle.dumps(
+        [(item.key, item.keep, item.reply, blob, item.lane, item.slots) for item, blob in tasks],
+        PROTOCOL,
+    )
 
 
 class _BuiltinsOnly(pickle.Unpickler):
@@ -115,8 +126,8 @@ def decode_run(body: bytes) -> list[EncodedTask]:
     try:
         raw = _BuiltinsOnly(io.BytesIO(body)).load()
         return [
-            EncodedTask(str(key), bool(keep), bool(reply), bytes(blob))
-            for key, keep, reply, blob in raw
+            EncodedTask(str(key), bool(keep), bool(reply), bytes(blob), str(lane), int(slots))
+            for key, keep, reply, blob, lane, slots in raw
         ]
     except Exception as e:
         raise ValueError(f"malformed run request: {type(e).__name__}: {e}") from e

@@ -5,6 +5,10 @@ and arguments, resolving the :class:`~bndl.wire.refs.RemoteRef` among them (from
 or from peers through the event loop), running it inside a task context, pickling the outcome and
 keeping the result. The loop only routes ready frames to the stream of the request that asked.
 
+Lanes (:mod:`bndl.worker.lanes`): a run sent with a lane waits until one of its lane's slots is
+free, so the scheduler can dispatch ahead without more runs of a job running at once than its
+``concurrency``. A waiting run that is cancelled ends at once, with ``TaskCancelled``.
+
 Cancellation: a key that is running gets ``TaskCancelled`` raised in its thread; a key that is not
 running (yet) is remembered for ``cancel_memory`` seconds, so a run request that arrives after
 its cancel (the race) is answered with ``TaskCancelled`` without running anything.
@@ -27,6 +31,7 @@ import pickle
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Iterable
+from functools import partial
 from typing import Any
 
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
@@ -37,6 +42,7 @@ from bndl.wire.refs import RemoteRef, find_refs, replace_refs
 from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
 from bndl.worker import tasklogs, threads
 from bndl.worker.context import WorkerInfo, running_on
+from bndl.worker.lanes import Lanes
 from bndl.worker.store import ResultStore
 from bndl.worker.threads import Job, TaskThreads
 
@@ -206,6 +212,7 @@ class TaskRunner:
         self.store = ResultStore()
         self.logs = tasklogs.TaskLogs()
         self.threads = TaskThreads()
+        self.lanes = Lanes()
         self.running: dict[str, TaskJob] = {}
         self.runs_finished = 0  # for the metrics: runs that ended, whatever their outcome
         self._peers = peers
@@ -237,7 +244,7 @@ class TaskRunner:
                 job = TaskJob(self, task, stream)
                 self.running[task.key] = job
                 stream.jobs[task.key] = job
-                self.threads.submit(job)
+                self.lanes.admit(task, partial(self.threads.submit, job))
         return stream
 
     def attach(self, keys: Iterable[str]) -> Stream:
@@ -281,6 +288,7 @@ class TaskRunner:
     def finished(self, job: TaskJob, frame: bytes) -> None:
         key = job.task.key
         self.runs_finished += 1
+        self.lanes.ended(job.task)
         if self.running.get(key) is job:
             del self.running[key]
         if job.stream is not None:
@@ -360,6 +368,10 @@ class TaskRunner:
 
     def _cancel_job(self, job: TaskJob) -> None:
         job.cancelled = True  # seen by a job that has not started running yet
+        if self.lanes.withdraw(job.task):  # it was waiting for a slot: it ends here
+            key = job.task.key
+            self.finished(job, _failure_frame(key, TaskCancelled(f"task {key} was cancelled")))
+            return
         self.threads.interrupt(job, TaskCancelled)
 
     def _remember_cancel(self, key: str) -> None:

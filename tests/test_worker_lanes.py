@@ -1,0 +1,131 @@
+"""Lanes on a real worker process: runs beyond a lane's slots wait their turn, in order; a
+waiting run that is cancelled ends at once; and a job dispatched ahead never runs more tasks at
+once on a worker than its concurrency."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from bndl.execute.exceptions import TaskCancelled
+from bndl.execute.job import Job, RmiTask
+from bndl.local import LocalCluster
+from bndl.wire import Completion, TaskItem
+from bndl.worker.lanes import Lanes
+from tests.test_worker_harness import WorkerProcess, client, eventually, run, running_worker
+
+
+@pytest.fixture(scope="module")
+def worker() -> Iterator[WorkerProcess]:
+    with running_worker("w-lanes") as w:
+        yield w
+
+
+def log_run(directory: str, name: str, seconds: float) -> str:
+    """Runs on a worker: record start and end (with the number of runs going on) in files."""
+    here = Path(directory)
+    (here / f"start-{name}").write_text(str(time.monotonic()))
+    running = len(list(here.glob("start-*"))) - len(list(here.glob("end-*")))
+    time.sleep(seconds)
+    (here / f"end-{name}").write_text(f"{time.monotonic()} {running}")
+    return name
+
+
+def wait_for(path: str) -> str:
+    deadline = time.monotonic() + 60
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(path)
+        time.sleep(0.01)
+    return path
+
+
+def start_then_wait(started: str, go: str) -> str:
+    Path(started).touch()
+    return wait_for(go)
+
+
+def test_runs_beyond_the_slots_wait_for_a_free_slot(worker: WorkerProcess, tmp_path: Path) -> None:
+    async def check() -> None:
+        async with client(worker) as c:
+            items = [
+                TaskItem(f"l/{i}", log_run, (str(tmp_path), str(i), 0.05), lane="l", slots=2)
+                for i in range(6)
+            ]
+            done = [x async for x in c.run(items)]
+            assert all(x.ok for x in done), done
+        ends = {p.name[4:]: p.read_text().split() for p in tmp_path.glob("end-*")}
+        assert max(int(running) for _, running in ends.values()) <= 2
+        starts = {p.name[6:]: float(p.read_text()) for p in tmp_path.glob("start-*")}
+        # the first two take the slots; the others wait (their order is the unit test's)
+        assert set(sorted(starts, key=starts.__getitem__)[:2]) == {"0", "1"}
+
+    run(check)
+
+
+def test_a_cancelled_waiting_run_ends_at_once_and_never_runs(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    go, started = str(tmp_path / "go"), tmp_path / "started"
+    ran = tmp_path / "ran"
+
+    async def check() -> None:
+        async with client(worker) as c:
+            first = TaskItem("c/1", start_then_wait, (str(started), go), lane="c", slots=1)
+            second = TaskItem("c/2", ran.write_text, ("x",), lane="c", slots=1)
+            outcomes: dict[str, Completion] = {}
+
+            async def collect() -> None:
+                async for completion in c.run([first, second]):
+                    outcomes[completion.key] = completion
+
+            collecting = asyncio.ensure_future(collect())
+            await eventually(lambda: _true(started.exists()), what="the first run to start")
+            reply = await c.cancel(["c/2"])
+            assert reply == {"interrupted": ["c/2"], "remembered": []}
+            await eventually(lambda: _true("c/2" in outcomes), what="the cancelled run's outcome")
+            assert isinstance(outcomes["c/2"].error, TaskCancelled)
+            Path(go).touch()
+            await collecting
+            assert outcomes["c/1"].ok and not ran.exists()
+
+    run(check)
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+def test_a_job_dispatched_ahead_keeps_the_concurrency_on_each_worker(tmp_path: Path) -> None:
+    with LocalCluster(workers=2) as ctx:
+        tasks = [RmiTask(ctx, i, log_run, (str(tmp_path), str(i), 0.02)) for i in range(24)]
+        job = Job(ctx, tasks)
+        results = [t.result() for t in ctx.execute(job, concurrency=2, ahead=3)]
+        assert results == [str(i) for i in range(24)]
+    # every worker writes into the same directory: at most 2 x 2 runs at once in all
+    ends = [p.read_text().split() for p in tmp_path.glob("end-*")]
+    assert len(ends) == 24 and max(int(running) for _, running in ends) <= 4
+
+
+class Run:
+    def __init__(self, key: str, lane: str = "j", slots: int = 1) -> None:
+        self.key, self.lane, self.slots = key, lane, slots
+
+
+def test_lanes_hand_each_freed_slot_to_the_first_waiting_run() -> None:
+    lanes = Lanes()
+    started: list[str] = []
+    a, b, c, d = Run("a"), Run("b"), Run("c"), Run("free", lane="", slots=0)
+    for r in (a, b, c, d):
+        lanes.admit(r, lambda r=r: started.append(r.key))  # type: ignore[misc]
+    assert started == ["a", "free"] and lanes.waiting() == 2
+    assert lanes.withdraw(c) and not lanes.withdraw(c)
+    lanes.ended(a)
+    assert started == ["a", "free", "b"] and lanes.waiting() == 0
+    lanes.ended(b)
+    assert lanes.waiting() == 0 and not lanes._lanes  # an empty lane is forgotten
