@@ -8,8 +8,9 @@ One invocation runs every system on the same three workloads, side by side:
 
 It prints tasks/s per system and each system's ratio to bndl, first with every system at its
 default settings (bndl: one task per worker at a time, dispatched ahead, with mutual TLS between
-the driver and its workers; Dask: one thread per worker; Ray: one CPU per worker), then, with ``--tuned``, with 8 slots per worker where a system
-has them (bndl's concurrency, Dask's threads per worker). Ray and Dask run only if installed.
+the driver and its workers; Dask: one thread per worker; Ray: one CPU per worker), then, with
+``--tuned``, with 8 slots per worker where a system has them (bndl's concurrency, Dask's
+threads per worker). Ray and Dask run only if installed.
 ``bndl-plain`` is bndl with encryption off (a benchmark-only switch): what encryption costs.
 Run: python bench/dispatch.py [--scale 0.1] [--tuned]
 """

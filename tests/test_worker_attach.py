@@ -134,8 +134,8 @@ def test_attach_moves_a_task_from_a_live_stream(worker: WorkerProcess, tmp_path:
             waiting = asyncio.ensure_future(first(stream))
             await eventually(lambda: running_on(old, "m/task"))
             adopted = asyncio.ensure_future(first(new.attach(["m/task"])))
-            # the old request no longer waits for it: its stream ends without the completion
-            with pytest.raises(NotConnected, match="closed mid-stream"):
+            # the old driver no longer waits for it: it is told the run was taken over
+            with pytest.raises(NotConnected, match="taken over by another driver"):
                 await asyncio.wait_for(waiting, 10)
             gate.touch()
             done = await asyncio.wait_for(adopted, 10)

@@ -123,7 +123,11 @@ class HttpWorker:
                 raise
 
     def cancel(self, key: str) -> None:
-        self._loop.spawn(self._quietly(self.client.cancel([key]), "cancel"))
+        """Cancel run ``key`` through the worker's channel, after the run itself."""
+        self._loop.spawn(self._cancel_soon(key))
+
+    async def _cancel_soon(self, key: str) -> None:
+        self.client.cancel_soon([key])
 
     def release(self, prefix: str) -> None:
         self._loop.spawn(self._quietly(self.client.release(prefix=prefix), "release"))

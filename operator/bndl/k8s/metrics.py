@@ -24,6 +24,7 @@ from prometheus_client.registry import Collector
 from bndl.driver import HttpWorker
 from bndl.execute.core import Counts
 from bndl.execute.exceptions import NotConnected, TaskCancelled
+from bndl.execute.workers import Lane
 from bndl.k8s import retry
 from bndl.k8s.builders import JobRef
 from bndl.k8s.status import Phase
@@ -235,8 +236,9 @@ class MeteredWorker(HttpWorker):
         kwargs: Mapping[str, Any],
         keep: bool,
         reply: bool = True,
+        lane: Lane | None = None,
     ) -> Future[Any]:
-        future = super().run(key, fn, args, kwargs, keep, reply)
+        future = super().run(key, fn, args, kwargs, keep, reply, lane)
         if self.meter is not None:
             self.meter.dispatched(future)
         return future

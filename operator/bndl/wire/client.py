@@ -4,7 +4,9 @@ All clients of a driver share ONE long-lived ``aiohttp.ClientSession`` (:func:`c
 so connections are pooled and kept alive. Each client speaks mutual TLS with its cluster's client
 context (:mod:`bndl.wire.tls`): the worker must present a certificate of the cluster's authority
 before anything is sent, so whoever answers at a worker's address without one is refused by the
-handshake (``NotConnected``) and nothing it says is unpickled. Every request goes through
+handshake (``NotConnected``) and nothing it says is unpickled. Tasks travel on each client's one
+long-lived channel (:mod:`bndl.wire.channel`: runs and cancels out, completions and heartbeats
+back, batched; no HTTP request per task). Every other request goes through
 :meth:`WorkerClient._exchange`, the single choke point that applies timeouts and maps failures:
 transport failures (a failed handshake included) become ``NotConnected`` (the worker counts as
 lost), refusals become a :class:`~bndl.wire.errors.ProtocolError` subclass carrying the server's
@@ -13,6 +15,7 @@ message.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import pickle
@@ -31,7 +34,8 @@ import yappi
 from yarl import URL
 
 from bndl.wire import frames
-from bndl.wire.coalesce import Coalescer
+from bndl.wire.channel import PATH as CHANNEL_PATH
+from bndl.wire.channel import Channel
 from bndl.wire.errors import (
     TRANSPORT_ERRORS,
     ProtocolError,
@@ -46,7 +50,6 @@ from bndl.wire.tasks import (
     decode_error,
     decode_outcome,
     decode_results,
-    encode_run,
     encode_task,
 )
 
@@ -71,8 +74,6 @@ class ClientSettings:
     """Connections open at once to one worker."""
     keepalive_timeout: float = 60.0
     """Seconds an idle pooled connection is kept."""
-    max_batch: int = 1000
-    """Most tasks sent in one run request when concurrent run calls are merged."""
 
 
 def create_session(settings: ClientSettings | None = None) -> aiohttp.ClientSession:
@@ -125,7 +126,7 @@ class WorkerClient:
         self._tls = tls
         self._session = session
         self.settings = settings or ClientSettings()
-        self._coalescer = Coalescer(self._run_request, self.settings.max_batch)
+        self._channel = Channel(name, self._open_channel, self.settings.heartbeat_timeout)
         self._stream_timeout = aiohttp.ClientTimeout(
             total=None,
             connect=self.settings.connect_timeout,
@@ -199,7 +200,8 @@ class WorkerClient:
         """Run tasks on the worker and yield their completions as they finish.
 
         Tasks whose function or arguments cannot be pickled complete at once with the error.
-        Concurrent calls share one request (:mod:`bndl.wire.coalesce`). Raises ``NotConnected``
+        All calls share the client's one connection to the worker (:mod:`bndl.wire.channel`);
+        those made in the same event-loop iteration go out as one message. Raises ``NotConnected``
         when the worker cannot be reached, the stream breaks, or no frame (result or heartbeat)
         arrives within ``heartbeat_timeout``. Leaving the iteration early does not stop the
         tasks: use :meth:`cancel`.
@@ -219,23 +221,35 @@ class WorkerClient:
                 error.__cause__ = e
                 yield Completion(item.key, False, error)
         if encoded:
-            async for completion in self._coalescer.run(encoded):
+            async for completion in self._channel.run(encoded):
                 yield completion
 
     async def close(self) -> None:
-        """Stop this client's run requests in flight (the shared session stays open)."""
-        await self._coalescer.close()
+        """Close this client's channel; its runs go on as orphans on the worker (the shared
+        session stays open)."""
+        await self._channel.close()
 
-    async def _run_request(
-        self, encoded: Sequence[tuple[TaskItem, bytes]]
-    ) -> AsyncIterator[Completion]:
-        """One ``POST /v1/run`` with already pickled tasks, yielding completions as they come."""
-        pending = {item.key for item, _ in encoded}
-        async with self._exchange(
-            "POST", "/v1/run", encode_run(encoded), timeout=self._stream_timeout
-        ) as response:
-            async for completion in self._completions(response, pending):
-                yield completion
+    def cancel_soon(self, keys: Sequence[str]) -> None:
+        """Cancel runs through the channel, after the runs sent before (no answer): unlike
+        :meth:`cancel`, it can never overtake the run it cancels."""
+        self._channel.cancel(keys)
+
+    async def _open_channel(self) -> aiohttp.ClientWebSocketResponse:
+        # A stopped worker's kernel still accepts connections: bound the handshake too.
+        deadline = self.settings.connect_timeout + self.settings.heartbeat_timeout
+        try:
+            async with asyncio.timeout(deadline):
+                return await self._session.ws_connect(
+                    URL(self.url + CHANNEL_PATH, encoded=True),
+                    ssl=self._tls if self._tls is not None else True,
+                    autoping=True,
+                    max_msg_size=0,
+                    compress=0,
+                )
+        except aiohttp.WSServerHandshakeError:
+            raise
+        except TRANSPORT_ERRORS as e:
+            raise not_connected(self.name, e) from e
 
     async def attach(self, keys: Iterable[str]) -> AsyncIterator[Completion]:
         """Adopt runs started earlier (by this or another driver) and yield their completions.

@@ -125,12 +125,30 @@ def decode_run(body: bytes) -> list[EncodedTask]:
     """The tasks of a run request; raises ``ValueError`` when the body is malformed."""
     try:
         raw = _BuiltinsOnly(io.BytesIO(body)).load()
+    except Exception as e:
+        raise ValueError(f"malformed run request: {type(e).__name__}: {e}") from e
+    return decode_items(raw)
+
+
+def decode_items(raw: Any) -> list[EncodedTask]:
+    """The tasks of a decoded run payload ``[(key, keep, reply, blob, lane, slots), ...]``;
+    raises ``ValueError`` naming what is wrong when it has another shape."""
+    try:
         return [
-            EncodedTask(str(key), bool(keep), bool(reply), bytes(blob), str(lane), int(slots))
+            EncodedTask(key, bool(keep), bool(reply), blob, lane, slots)
             for key, keep, reply, blob, lane, slots in raw
+            if _valid(key, blob, lane, slots)
         ]
     except Exception as e:
         raise ValueError(f"malformed run request: {type(e).__name__}: {e}") from e
+
+
+def _valid(key: Any, blob: Any, lane: Any, slots: Any) -> bool:
+    if not isinstance(key, str) or not isinstance(blob, bytes) or not isinstance(lane, str):
+        raise TypeError("want (str key, keep, reply, bytes blob, str lane, int slots)")
+    if not isinstance(slots, int) or isinstance(slots, bool) or slots < 0:
+        raise TypeError(f"slots must be a whole number of at least 0, not {slots!r}")
+    return True
 
 
 def encode_result(key: str, value: Any) -> bytes:

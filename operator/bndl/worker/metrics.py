@@ -31,11 +31,17 @@ class WorkerCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         runner = self.runner()
-        running = len(runner.running) if runner is not None else 0
+        waiting = runner.lanes.waiting() if runner is not None else 0
+        running = len(runner.running) - waiting if runner is not None else 0
         finished = runner.runs_finished if runner is not None else 0
         held = len(runner.store) if runner is not None else 0
         nbytes = runner.store.nbytes if runner is not None else 0
         yield GaugeMetricFamily("bndl_worker_tasks_running", "Tasks running now", value=running)
+        yield GaugeMetricFamily(
+            "bndl_worker_tasks_queued",
+            "Tasks dispatched ahead, waiting for a slot of their job",
+            value=waiting,
+        )
         yield CounterMetricFamily(
             "bndl_worker_tasks_run", "Task runs that ended on this worker", value=finished
         )

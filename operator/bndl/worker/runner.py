@@ -35,7 +35,7 @@ from functools import partial
 from typing import Any
 
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
-from bndl.wire import frames
+from bndl.wire import channel, frames
 from bndl.wire.client import WorkerClient
 from bndl.wire.errors import RunNotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
@@ -49,6 +49,8 @@ from bndl.worker.threads import Job, TaskThreads
 log = logging.getLogger(__name__)
 
 HEARTBEAT_FRAME = frames.encode(("heartbeat",))
+MOVED = channel.MOVED
+"""A channel frame ``("moved", key)``: run ``key`` was taken over by another driver (attach)."""
 
 _CANCEL_POLL = 0.1
 """Seconds between checks for a cancel while a task thread waits for its inputs."""
@@ -61,9 +63,12 @@ class Stream:
     went away can be kept as undelivered.
     """
 
-    __slots__ = ("chunks", "event", "jobs", "outstanding", "unconfirmed")
+    __slots__ = ("chunks", "event", "jobs", "outstanding", "tells_moves", "unconfirmed")
 
-    def __init__(self) -> None:
+    def __init__(self, tells_moves: bool = False) -> None:
+        self.tells_moves = tells_moves
+        """A channel's stream, which lasts: a run moved away is told with a ``moved`` frame
+        (a request's stream ends instead, once nothing is outstanding)."""
         self.chunks: list[tuple[str, bytes]] = []
         self.unconfirmed: list[tuple[str, bytes]] = []  # taken, but their write has not returned
         self.event = asyncio.Event()
@@ -78,6 +83,8 @@ class Stream:
     def release(self, key: str) -> None:
         """Stop waiting for ``key``: its job moved to another stream."""
         if self.jobs.pop(key, None) is not None:
+            if self.tells_moves:
+                self.chunks.append((key, frames.encode((MOVED, key))))
             self.outstanding -= 1
             self.event.set()
 
@@ -227,10 +234,11 @@ class TaskRunner:
 
     # --- on the event loop --------------------------------------------------------------------
 
-    def start(self, tasks: Iterable[EncodedTask]) -> Stream:
-        """Start the tasks of one run request; their frames arrive on the returned stream."""
+    def start(self, tasks: Iterable[EncodedTask], stream: Stream | None = None) -> Stream:
+        """Start the tasks of one run request (or channel message); their frames arrive on
+        ``stream`` (a new one by default), which is returned."""
         self.expire()
-        stream = Stream()
+        stream = stream if stream is not None else Stream()
         for task in tasks:
             stream.outstanding += 1
             if self._was_cancelled(task.key):

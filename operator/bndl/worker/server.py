@@ -4,7 +4,9 @@ Handlers stay thin: decoding and routing here, running tasks in :mod:`bndl.worke
 request checks in :mod:`bndl.worker.guard`. The task port speaks mutual TLS only, through
 :mod:`bndl.worker.listener` (bounded handshakes and connections); ``/healthz`` and ``/readyz``
 are also served on a separate plain-HTTP port for the kubelet's probes, which serves nothing
-else. ``POST /v1/run`` answers with a stream of
+else. Drivers send tasks on a channel (``GET /v1/channel``, a WebSocket:
+:mod:`bndl.wire.channel`): run and cancel frames in, a completion frame per finished task and
+heartbeats out. ``POST /v1/run`` (one request's tasks) answers with a stream of
 length-prefixed frames (:mod:`bndl.wire.frames`): one per finished task, written as soon as it is
 ready, and a heartbeat whenever ``heartbeat_interval`` passes without one, so a client can tell a
 hung worker from a slow task. When every task is done before the first frame would be written,
@@ -33,8 +35,11 @@ import aiohttp
 import cloudpickle
 from aiohttp import web
 
+from bndl.wire import frames
+from bndl.wire.channel import CANCEL, RUN
+from bndl.wire.channel import PATH as channel_path
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
-from bndl.wire.tasks import decode_run, encode_results
+from bndl.wire.tasks import decode_items, decode_run, encode_results
 from bndl.worker import metrics, profiling
 from bndl.worker.announce import Announcement, ready_line
 from bndl.worker.config import WorkerConfig, default_health_port
@@ -89,6 +94,7 @@ class Worker:
         app.cleanup_ctx.append(_sweeping)
         app.router.add_get("/healthz", healthz)
         app.router.add_get("/readyz", readyz)
+        app.router.add_get(channel_path, channel)
         app.router.add_post("/v1/run", run)
         app.router.add_post("/v1/attach", attach)
         app.router.add_post("/v1/cancel", cancel)
@@ -211,6 +217,60 @@ async def _answer(request: web.Request, stream: Stream) -> web.StreamResponse:
         runner.orphan(stream)
         log.info("run stream closed by the driver (%s); its tasks continue as orphans", e)
         return response if response is not None else web.Response(status=499)
+
+
+async def channel(request: web.Request) -> web.StreamResponse:
+    """A driver's (or peer's) channel (:mod:`bndl.wire.channel`): run and cancel messages in,
+    completion frames and heartbeats out, for as long as the connection lasts. Its runs become
+    orphans when it closes. A malformed message closes the channel (code 1003), naming why."""
+    runner = request.app[_RUNNER]
+    config = request.app[_WORKER].config
+    ws = web.WebSocketResponse(max_msg_size=config.max_body, compress=False)
+    await ws.prepare(request)
+    stream = Stream(tells_moves=True)
+    writer = asyncio.create_task(_write_channel(ws, stream, config.heartbeat_interval))
+    decoder = frames.FrameDecoder()
+    try:
+        async for message in ws:
+            if message.type != aiohttp.WSMsgType.BINARY:
+                await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA, message=b"binary only")
+                break
+            try:
+                for frame in decoder.feed(message.data):
+                    _channel_frame(runner, stream, frame)
+            except ValueError as e:  # FrameError too
+                log.info("closing a channel: %s", e)
+                reason = str(e)[:100].encode(errors="replace")
+                await ws.close(code=aiohttp.WSCloseCode.UNSUPPORTED_DATA, message=reason)
+                break
+    finally:
+        writer.cancel()
+        runner.orphan(stream)  # runs still going continue as orphans, for an attach
+    return ws
+
+
+def _channel_frame(runner: TaskRunner, stream: Stream, frame: Any) -> None:
+    if not isinstance(frame, tuple) or len(frame) != 2:
+        raise ValueError("a channel frame is (kind, payload)")
+    kind, payload = frame
+    if kind == RUN:
+        runner.start(decode_items(payload), stream)
+    elif kind == CANCEL:
+        if not isinstance(payload, list) or not all(isinstance(k, str) for k in payload):
+            raise ValueError("a cancel frame carries a list of keys")
+        runner.expire()
+        runner.cancel(payload)
+    else:
+        raise ValueError(f"unknown channel frame {kind!r}")
+
+
+async def _write_channel(ws: web.WebSocketResponse, stream: Stream, interval: float) -> None:
+    """Completion frames as they are ready, a heartbeat when ``interval`` passed without one."""
+    with contextlib.suppress(ConnectionError):
+        while not ws.closed:
+            await stream.wait(interval)
+            await ws.send_bytes(stream.take() or HEARTBEAT_FRAME)
+            stream.written()
 
 
 async def cancel(request: web.Request) -> web.Response:

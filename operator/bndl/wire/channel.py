@@ -1,0 +1,203 @@
+"""The channel: one long-lived connection from a driver (or peer) to a worker, for its tasks.
+
+Runs and cancels go to the worker as frames (:mod:`bndl.wire.frames`) over one WebSocket
+(``GET /v1/channel``, authenticated when it opens); completions and heartbeats come back the same
+way. Every ``run`` and ``cancel`` made before the event loop next runs its callbacks is sent as
+one message, so a scheduler that dispatches many tasks at once pays for one write, and there is
+no HTTP request per task. Frames on one connection arrive in the order they were sent: a cancel
+can never overtake the run it cancels.
+
+Loss detection is as before: when the connection breaks, every run waiting on it fails with
+``NotConnected``; when runs are waiting and no frame (completion or heartbeat) arrives within
+``heartbeat_timeout``, they fail with ``NotConnected(timed_out=True)`` and the connection is
+dropped. The next ``run`` opens a new connection. A worker keeps the runs of a channel that went
+away as orphans, for a new driver to attach to (see :mod:`bndl.worker.runner`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import Any
+
+import aiohttp
+
+from bndl.execute.exceptions import NotConnected
+from bndl.wire import frames
+from bndl.wire.errors import TRANSPORT_ERRORS, ProtocolError, not_connected, protocol_error
+from bndl.wire.tasks import DONE, Completion, TaskItem, decode_outcome
+
+log = logging.getLogger(__name__)
+
+PATH = "/v1/channel"
+RUN = "run"
+CANCEL = "cancel"
+MOVED = "moved"
+
+Connect = Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]]
+Encoded = tuple[TaskItem, bytes]
+Outcome = Completion | BaseException
+
+
+def run_message(batch: Sequence[Encoded]) -> bytes:
+    """The frame of a run message: ``("run", [(key, keep, reply, blob, lane, slots), ...])``."""
+    return frames.encode(
+        (RUN, [(i.key, i.keep, i.reply, blob, i.lane, i.slots) for i, blob in batch])
+    )
+
+
+class Channel:
+    """The one connection of a client to its worker, opened on first use (and after a loss)."""
+
+    def __init__(self, name: str, connect: Connect, heartbeat_timeout: float) -> None:
+        self.name = name
+        self._connect = connect
+        self.heartbeat_timeout = heartbeat_timeout
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._routes: dict[str, asyncio.Queue[Outcome]] = {}
+        self._outgoing: list[bytes] = []
+        self._pending_runs: list[Encoded] = []
+        self._scheduled = False
+        self._lock = asyncio.Lock()  # one sender at a time: messages keep their order
+        self._sending: set[asyncio.Task[None]] = set()
+
+    async def run(self, encoded: Sequence[Encoded]) -> AsyncGenerator[Completion, None]:
+        """The completions of ``encoded`` (keys unique among waiting runs), as they arrive."""
+        outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+        for item, _ in encoded:
+            if item.key in self._routes:
+                raise ValueError(f"task key {item.key!r} is already running on this channel")
+        for item, blob in encoded:
+            self._routes[item.key] = outcomes
+            self._pending_runs.append((item, blob))
+        self._schedule()
+        remaining = {item.key for item, _ in encoded}
+        try:
+            while remaining:
+                outcome = await outcomes.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                remaining.discard(outcome.key)
+                yield outcome
+        finally:
+            for key in remaining:  # left early: later outcomes of these runs go nowhere
+                if self._routes.get(key) is outcomes:
+                    del self._routes[key]
+
+    def cancel(self, keys: Sequence[str]) -> None:
+        """Send a cancel of ``keys`` after every run sent before it (fire and forget)."""
+        self._flush_runs()
+        self._outgoing.append(frames.encode((CANCEL, list(keys))))
+        self._schedule()
+
+    async def close(self) -> None:
+        """Close the connection; runs still waiting raise ``CancelledError``."""
+        for task in list(self._sending):
+            task.cancel()
+        await asyncio.gather(*self._sending, return_exceptions=True)
+        reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            await ws.close()
+        self._fail(asyncio.CancelledError())
+
+    # --- sending -------------------------------------------------------------------------------
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush_runs(self) -> None:
+        if self._pending_runs:
+            self._outgoing.append(run_message(self._pending_runs))
+            self._pending_runs = []
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        self._flush_runs()
+        if not self._outgoing:
+            return
+        message, self._outgoing = b"".join(self._outgoing), []
+        sending = asyncio.ensure_future(self._send(message))
+        self._sending.add(sending)
+        sending.add_done_callback(self._sending.discard)
+
+    async def _send(self, message: bytes) -> None:
+        async with self._lock:
+            try:
+                ws = await self._connected()
+                await ws.send_bytes(message)
+            except aiohttp.WSServerHandshakeError as e:  # refused (401, say): not a lost worker
+                self._lost(protocol_error(e.status, f"channel refused: {e.message}", self.name))
+            except NotConnected as e:  # mapped by the connect already
+                self._lost(e)
+            except TRANSPORT_ERRORS as e:
+                self._lost(not_connected(self.name, e))
+
+    async def _connected(self) -> aiohttp.ClientWebSocketResponse:
+        ws = self._ws
+        if ws is None or ws.closed:
+            ws = self._ws = await self._connect()
+            self._reader = asyncio.ensure_future(self._read(ws))
+        return ws
+
+    # --- receiving -----------------------------------------------------------------------------
+
+    async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        decoder = frames.FrameDecoder()
+        try:
+            while True:
+                try:
+                    message = await ws.receive(timeout=self.heartbeat_timeout)
+                except TimeoutError as e:
+                    if not self._routes:
+                        continue  # nothing waits: an idle channel may be quiet
+                    raise e
+                if message.type != aiohttp.WSMsgType.BINARY:
+                    raise ConnectionResetError(f"channel closed ({message.type.name})")
+                for frame in decoder.feed(message.data):
+                    if frame[0] == DONE:
+                        _, key, ok, blob = frame
+                        outcomes = self._routes.pop(key, None)
+                        if outcomes is not None:
+                            outcomes.put_nowait(decode_outcome(key, ok, blob))
+                    elif frame[0] == MOVED:
+                        outcomes = self._routes.pop(frame[1], None)
+                        if outcomes is not None:
+                            reason = f"run {frame[1]} was taken over by another driver"
+                            outcomes.put_nowait(NotConnected(self.name, reason))
+        except asyncio.CancelledError:
+            raise
+        except frames.FrameError as e:
+            self._lost(ProtocolError(f"undecodable frame on the channel: {e}", self.name), ws)
+        except Exception as e:
+            self._lost(not_connected(self.name, e), ws)
+
+    def _lost(
+        self, error: BaseException, ws: aiohttp.ClientWebSocketResponse | None = None
+    ) -> None:
+        """The connection failed: every waiting run fails with ``error``; drop the connection.
+        ``ws``: the connection that failed (nothing happens if it was replaced meanwhile)."""
+        if ws is not None and ws is not self._ws:
+            return
+        current, self._ws = self._ws, None
+        if current is not None:
+            closing = asyncio.ensure_future(current.close())
+            closing.add_done_callback(_ignore_outcome)
+        self._fail(error)
+
+    def _fail(self, error: BaseException) -> None:
+        routes, self._routes = self._routes, {}
+        for outcomes in {id(q): q for q in routes.values()}.values():
+            outcomes.put_nowait(error)
+
+
+def _ignore_outcome(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: a close that failed on a broken connection is expected
