@@ -401,7 +401,7 @@ def test_a_fake_worker_at_a_real_workers_address_gets_nothing_unpickled(
             with pytest.raises(NotConnected):
                 w.run("forged-task", append_line, (str(tmp_path / "x"),), {}, keep=False).result(20)
         finally:
-            server.close()
+            loop.loop.call_soon_threadsafe(server.close)  # on the server's own loop
     finally:
         loop.close()
     assert not forged.exists()
