@@ -3,7 +3,7 @@
 #
 #   tests/cluster/build.sh            # all steps; a warm run only checks stamps and exits
 #   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base | actionlint |
-#                                     # prometheus)
+#                                     # prometheus | netpol)
 #
 # Versions come from tests/cluster/versions.env (the one place they are pinned). Binaries land in
 # ${BNDL_TESTBIN_CACHE:-~/.cache/bndl-testbin}/<versions>/bin, never in the repository. Each step
@@ -158,6 +158,26 @@ build_helm() {
   stamp helm
 }
 
+# --- Go: kube-network-policies (the NetworkPolicy enforcer kind ships; one process per cluster) ----
+# Built from its own go.mod (go install) as upstream's Dockerfile does, CGO_ENABLED=0. Not part of
+# the cache directory's key: its stamp carries the version, so bumping it rebuilds this alone. The
+# main package is .../cmd, so go install names the binary "cmd"; it is renamed on the way in.
+build_kube_network_policies() {
+  local v="$KUBE_NETWORK_POLICIES_VERSION"
+  done_ "kube-network-policies-$v" && [ -x "$BIN/kube-network-policies" ] && return 0
+  log "kube-network-policies v$v"
+  local gobin="$OUT/src/kube-network-policies-bin"
+  rm -rf "$gobin" && mkdir -p "$gobin"
+  GOBIN="$gobin" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kube-network-policies/cmd@v$v"
+  mv "$gobin/cmd" "$BIN/kube-network-policies" && rm -rf "$gobin"
+  # No --version flag; its usage names the queue flag (captured first: grep -q would close the
+  # pipe early, and pipefail would report the SIGPIPE).
+  local usage
+  usage=$("$BIN/kube-network-policies" --help 2>&1 || true)
+  [[ "$usage" == *"-nfqueue-id"* ]] || { log "unexpected usage: ${usage:0:500}"; return 1; }
+  stamp "kube-network-policies-$v"
+}
+
 # --- Go: actionlint (not part of the cluster: tests/test_project.py lints .github/workflows) -----
 # Not part of the cache directory's key: its stamp carries the version, so bumping it rebuilds
 # actionlint alone.
@@ -289,6 +309,8 @@ step_base() {
   fi
 }
 
+step_netpol() { build_kube_network_policies; }
+
 step_go() {
   build_kubernetes
   build_etcd
@@ -296,6 +318,7 @@ step_go() {
   build_crictl
   build_coredns
   build_helm
+  build_kube_network_policies
 }
 
 main() {

@@ -4,10 +4,11 @@ What runs (all started by PID, all stopped by PID):
 
 * etcd, kube-apiserver (Node+RBAC authorization, NodeRestriction, client-certificate auth,
   service-account issuer and signing key), kube-controller-manager and kube-scheduler;
-* per node: a containerd (own root, state, socket, CNI config with a ``bridge`` network and
+* per node: a containerd (own root, state, socket, CNI config with a ``ptp`` network and
   host-local IPAM whose state lives in the run directory) and a real kubelet (own root directory,
   client and serving certificates, zone and class labels);
 * one kube-proxy (nftables mode; one per namespace serves every node) and CoreDNS as a process;
+* one kube-network-policies (kind's NetworkPolicy enforcer; see "NetworkPolicy" below);
 * a small TCP forwarder (see below).
 
 How the test process reaches the cluster (the robust choice, and why): everything of the cluster
@@ -30,6 +31,22 @@ after the cluster tests would find their 127.0.0.1 servers in the wrong one. Ins
 * Code that must reach pod or Service IPs directly uses ``Cluster.call_in_netns(fn)`` (runs ``fn``
   on a fresh thread that entered the namespace; the caller's thread is untouched) or
   ``Cluster.exec_in_netns(cmd)`` (a subprocess under nsenter).
+
+NetworkPolicy: pods are wired as kind wires them, with the ``ptp`` plugin (a veth per pod, a /32
+route to it, the node's address as the pod's gateway), so that every packet between two pods, on
+one node or across nodes, is *routed* in the cluster's namespace and passes its FORWARD hook; a
+bridge would switch same-node packets below IP. kube-network-policies decides on the first packet
+of each connection in user space (NFQUEUE) from the NetworkPolicies, Pods and Namespaces it
+watches; its verdicts do not depend on the node, so one process serves every node (all nodes share
+the namespace). Upstream diverts packets with an nftables ``queue`` statement, which this kernel
+lacks (``CONFIG_NFT_QUEUE`` is not set, and modules cannot be loaded here); its own table therefore
+fails to load (logged, harmless), and the harness diverts instead with the xtables ``NFQUEUE``
+target (built in), in the spirit of upstream's rules: every new forwarded connection goes to the
+queue, established ones pass, and nothing passes while no enforcer listens (fail closed, upstream's
+default). Traffic that the namespace itself originates (kubelet probes, ``exec_in_netns``, an
+operator run as a process) is never forwarded and so never filtered, like upstream's
+``meta skuid 0 accept``. The enforcer reads the API through in-cluster configuration: it runs in a
+mount namespace of its own with a tmpfs on /run holding its ServiceAccount token.
 
 Teardown (``stop``, idempotent; also run for a crashed earlier run by ``reap_stale_runs``):
 kubelets, then ``crictl rmp -fa`` per node (stops every pod sandbox, runs CNI DEL), kube-proxy,
@@ -89,6 +106,31 @@ CLUSTER_DNS_PROBE = f"kubernetes.default.svc.{config.CLUSTER_DOMAIN}"
 DEVICE_PLUGINS = Path("/var/lib/kubelet/device-plugins")
 HOST_DIRS = (DEVICE_PLUGINS.parent, DEVICE_PLUGINS)
 HOST_DIRS_MARKER = ".host-dirs-created"
+NETPOL = "kube-network-policies"
+NETPOL_QUEUE = 100
+# Upstream's ClusterRole (install.yaml), without the AdminNetworkPolicy API it is not asked for.
+NETPOL_RBAC = f"""apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: {NETPOL}, namespace: kube-system}}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {{name: {NETPOL}}}
+rules:
+- apiGroups: [""]
+  resources: [pods, namespaces, nodes]
+  verbs: [list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {{name: {NETPOL}}}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {NETPOL}}}
+subjects:
+- {{kind: ServiceAccount, name: {NETPOL}, namespace: kube-system}}
+"""
 
 
 def shared_host_paths() -> list[Path]:
@@ -445,10 +487,11 @@ class Cluster:
 
     # ------------------------------------------------------------------ start
 
-    def _start(self, name: str, cmd: Sequence[str], **kw: Any) -> ProcRecord:
-        rec = start_process(
-            name, cmd, self.logs / f"{name}.log", netns=self.netns, env=base_env(), **kw
-        )
+    def _start(
+        self, name: str, cmd: Sequence[str], extra_env: Mapping[str, str] | None = None, **kw: Any
+    ) -> ProcRecord:
+        env = base_env() | dict(extra_env or {})
+        rec = start_process(name, cmd, self.logs / f"{name}.log", netns=self.netns, env=env, **kw)
         self.procs[name] = rec
         self._save_state()
         return rec
@@ -545,6 +588,8 @@ class Cluster:
             self._start("kube-scheduler", self._scheduler_cmd())
             self._start("coredns", self._coredns_cmd())
             self._start("kube-proxy", self._kube_proxy_cmd())
+            self._start_netpol()
+            self.timings["netpol_s"] = time.monotonic() - t0
             pause.result()
             for n in self.nodes:
                 self._start(f"kubelet-{n.name}", self._kubelet_cmd(n))
@@ -667,16 +712,14 @@ class Cluster:
         for sub in ("cni", "ipam", "root", "pod-logs", "containerd", "runc"):
             (d / sub).mkdir(parents=True, exist_ok=True)
         self._kc(f"kubelet-{n.name}", f"system:node:{n.name}")
+        # ptp, as kind's kindnetd writes it: pod traffic is routed (see the module docstring).
         conflist = {
             "cniVersion": "1.0.0",
             "name": f"bndl-{n.name}",
             "plugins": [
                 {
-                    "type": "bridge",
-                    "bridge": f"cni{n.index}",
-                    "isGateway": True,
+                    "type": "ptp",
                     "ipMasq": False,
-                    "hairpinMode": True,
                     "ipam": {
                         "type": "host-local",
                         "ranges": [[{"subnet": n.pod_cidr, "gateway": n.ip}]],
@@ -686,7 +729,7 @@ class Cluster:
                 }
             ],
         }
-        (d / "cni" / "10-bridge.conflist").write_text(json.dumps(conflist, indent=1))
+        (d / "cni" / "10-ptp.conflist").write_text(json.dumps(conflist, indent=1))
         c = d / "containerd"
         (d / "containerd.toml").write_text(
             f"""version = 3
@@ -853,6 +896,54 @@ temp = "{c / "tmp"}"
     def _kube_proxy_cmd(self) -> list[str]:
         return [self._bin("kube-proxy"), f"--config={self.dir / 'kube-proxy.yaml'}"]
 
+    def _netpol_cmd(self) -> list[str]:
+        # In-cluster configuration only (no kubeconfig flag): the token and CA are served from a
+        # tmpfs on /run in a private mount namespace, so the host's /run is not touched.
+        sa = "/run/secrets/kubernetes.io/serviceaccount"
+        return [
+            "unshare", "--mount", "--propagation", "private", "--",
+            "sh", "-c",
+            f'mount -t tmpfs -o size=1m,mode=0755 tmpfs /run && mkdir -p {sa} '
+            f'&& cp "$0/token" "$0/ca.crt" {sa}/ && exec "$@"',
+            str(self.dir / NETPOL),
+            self._bin(NETPOL), f"--nfqueue-id={NETPOL_QUEUE}", "--disable-nri",
+            f"--hostname-override={self.nodes[0].name}", "--metrics-bind-address=127.0.0.1:9080",
+            # The conntrack race this works around is fixed in the kernels this runs on (6.12+).
+            "--netfilter-bug-1766-fix=false",
+        ]  # fmt: skip
+
+    def _start_netpol(self) -> None:
+        """Start the enforcer, wait until it listens on its queue, then divert pod traffic to it."""
+        self._wait(
+            lambda: self.apply(NETPOL_RBAC) if self._has_namespace("kube-system") else None,
+            60,
+            "kube-system namespace for the enforcer's ServiceAccount",
+        )
+        d = self.dir / NETPOL
+        d.mkdir()
+        token = self.kubectl("create", "token", NETPOL, "-n", "kube-system", "--duration=48h")
+        (d / "token").write_text(token.strip())
+        shutil.copy(self.pki.ca.crt, d / "ca.crt")
+        # In-cluster configuration reads the apiserver's address from the environment: the
+        # apiserver itself, not the `kubernetes` Service (which needs kube-proxy's rules first).
+        api = {
+            "KUBERNETES_SERVICE_HOST": config.CONTROL_PLANE_IP,
+            "KUBERNETES_SERVICE_PORT": str(config.APISERVER_PORT),
+        }
+        self._start(NETPOL, self._netpol_cmd(), extra_env=api)
+        self._wait(self._netpol_listening, 60, f"{NETPOL} on queue {NETPOL_QUEUE}", NETPOL)
+        rule = ["-m", "conntrack", "!", "--ctstate", "ESTABLISHED,RELATED"]
+        rule += ["-j", "NFQUEUE", "--queue-num", str(NETPOL_QUEUE)]
+        self.exec_in_netns(["iptables-nft", "-w", "5", "-A", "FORWARD", *rule])
+
+    def _has_namespace(self, name: str) -> bool:
+        return bool(self.kubectl("get", "namespace", name, "-o", "name", check=False))
+
+    def _netpol_listening(self) -> bool:
+        """Whether a process in the namespace is bound to the queue (nfnetlink_queue's own list)."""
+        table = self.exec_in_netns(["cat", "/proc/net/netfilter/nfnetlink_queue"]).stdout
+        return any(line.split()[:1] == [str(NETPOL_QUEUE)] for line in table.splitlines())
+
     def _ensure_host_dirs(self) -> None:
         """Note the shared host paths that do not exist yet, so the last run removes them.
 
@@ -1004,7 +1095,14 @@ subjects:
             if rec is not None and rec.alive():
                 crictl = [self._bin("crictl"), "-r", f"unix://{n.socket}", "-t", "30s"]
                 step(f"remove pods of {n.name}", partial(run, [*crictl, "rmp", "-fa"], timeout=90))
-        others = ["kube-proxy", "coredns", "forwarder", "kube-controller-manager", "kube-scheduler"]
+        others = [
+            NETPOL,
+            "kube-proxy",
+            "coredns",
+            "forwarder",
+            "kube-controller-manager",
+            "kube-scheduler",
+        ]
         step(
             "stop services",
             lambda: stop_processes([self.procs[k] for k in others if k in self.procs]),

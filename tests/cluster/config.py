@@ -70,6 +70,7 @@ REQUIRED_BINARIES = (
     "coredns",
     "helm",
     "runc-wrapper",
+    "kube-network-policies",
 )
 
 # Address plan, all inside 198.18.0.0/15 (RFC 2544 benchmarking block), and only ever inside the

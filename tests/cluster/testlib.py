@@ -75,3 +75,29 @@ import sys, urllib.request
 with urllib.request.urlopen(sys.argv[1], timeout=5) as r:
     print(r.status, r.read().decode().strip())
 """
+
+# One TCP connection with a deadline, for NetworkPolicy checks: prints "200 <body>", "refused"
+# or "timeout" (a dropped SYN), never hangs. kube-network-policies drops, so denied is "timeout".
+HTTP_PROBE = """
+import socket, sys, urllib.error, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=float(sys.argv[2])) as r:
+        print(r.status, r.read().decode().strip())
+except urllib.error.HTTPError as e:
+    print(e.code, "http error")
+except (TimeoutError, socket.timeout):
+    print("timeout")
+except urllib.error.URLError as e:
+    reason = e.reason
+    if isinstance(reason, ConnectionRefusedError):
+        print("refused")
+    elif isinstance(reason, (TimeoutError, socket.timeout)):
+        print("timeout")
+    else:
+        print("error", repr(reason))
+"""
+
+
+def probe(cluster: Cluster, ns: str, pod_name: str, url: str, timeout: float = 3) -> str:
+    """From a pod, one GET of ``url`` within ``timeout`` s: "200 ...", "refused" or "timeout"."""
+    return pyexec(cluster, ns, pod_name, HTTP_PROBE, url, str(timeout)).strip()
