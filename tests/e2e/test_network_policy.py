@@ -24,9 +24,10 @@ pytestmark = pytest.mark.cluster
 DENIED = ("timeout", "refused")
 
 
-def restricted_pod(name: str, image: str, labels: dict[str, str] | None = None) -> str:
-    """A sleeping pod that the restricted Pod Security Standard admits."""
-    doc = json.loads(pod_yaml(name, image, command=SLEEP, labels=labels))
+def restricted_pod(name: str, image: str, node: str, labels: dict[str, str] | None = None) -> str:
+    """A sleeping pod on ``node`` that the restricted Pod Security Standard admits."""
+    on = {"kubernetes.io/hostname": node}
+    doc = json.loads(pod_yaml(name, image, command=SLEEP, labels=labels, node_selector=on))
     doc["spec"]["securityContext"] = {
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
@@ -61,14 +62,17 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     assert len(workers) == 2, [p["metadata"]["name"] for p in workers]
 
     # Probes: a stranger in another namespace, a neighbour in the job's namespace without the
-    # operator's labels, and (the control) a pod with the operator's labels in its namespace.
+    # operator's labels, and (the control) a pod with the operator's labels in its namespace; all
+    # on the first worker's node, so each reaches for one worker on its node and (the workers
+    # being spread) one on another.
+    here = workers[0]["spec"]["nodeName"]
     probes = {
         "stranger": (k8s_namespace, None),
         "neighbour": (jobs_ns, None),
         "lookalike": (op.namespace, operator_labels),
     }
     for pod_name, (ns, labels) in probes.items():
-        c.apply(restricted_pod(pod_name, k8s_test_image, labels), ns)
+        c.apply(restricted_pod(pod_name, k8s_test_image, here, labels), ns)
     for pod_name, (ns, _) in probes.items():
         wait_running(c, ns, pod_name)
 
@@ -76,9 +80,12 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
         ns = probes[pod_name][0]
         return probe(c, ns, pod_name, f"http://{worker['status']['podIP']}:{port}/")
 
+    def node(ns: str, pod_name: str) -> str:
+        return str(c.kubectl_json("get", "pod", pod_name, "-n", ns)["spec"]["nodeName"])
+
     matrix = {}
     for worker in workers:
-        w = worker["metadata"]["name"]
+        w = f"{worker['metadata']['name']}@{worker['spec']['nodeName']}"
         # The control first: the path works and the worker answers (its IP is known to the
         # enforcer once the pod is; allow a moment for a pod that just started).
         matrix["lookalike", w] = c.wait_for(
@@ -88,7 +95,9 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
         )
         for pod_name in ("stranger", "neighbour"):
             matrix[pod_name, w] = outcome(pod_name, worker)
-    print("NetworkPolicy matrix:", json.dumps({f"{s} -> {w}": o for (s, w), o in matrix.items()}))
+    where = {p: f"{p}@{node(ns, p)}" for p, (ns, _) in probes.items()}
+    table = {f"{where[s]} -> {w}": o for (s, w), o in matrix.items()}
+    print("NetworkPolicy matrix:", json.dumps(table, indent=1))
     for (source, w), got in matrix.items():
         if source != "lookalike":
             assert got in DENIED, f"{source} -> {w}: {got}"
