@@ -2,8 +2,7 @@
 # Build everything the real-Kubernetes test cluster needs, idempotently.
 #
 #   tests/cluster/build.sh            # all steps; a warm run only checks stamps and exits
-#   tests/cluster/build.sh go apt     # only some steps (go | apt | podman | base | actionlint |
-#                                     # prometheus | netpol)
+#   tests/cluster/build.sh go apt     # some steps (go apt podman base actionlint netpol prometheus)
 #
 # Versions come from tests/cluster/versions.env (the one place they are pinned). Binaries land in
 # ${BNDL_TESTBIN_CACHE:-~/.cache/bndl-testbin}/<versions>/bin, never in the repository. Each step
@@ -158,7 +157,7 @@ build_helm() {
   stamp helm
 }
 
-# --- Go: kube-network-policies (the NetworkPolicy enforcer kind ships; one process per cluster) ----
+# --- Go: kube-network-policies (kind's NetworkPolicy enforcer; one process per cluster) --------
 # Built from its own go.mod (go install) as upstream's Dockerfile does, CGO_ENABLED=0. Not part of
 # the cache directory's key: its stamp carries the version, so bumping it rebuilds this alone. The
 # main package is .../cmd, so go install names the binary "cmd"; it is renamed on the way in.
