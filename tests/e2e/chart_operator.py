@@ -5,8 +5,9 @@ operator the way users run it (``helm install charts/bndl``: a Deployment, its S
 RBAC, in-cluster configuration) so that they can kill its container, watch its memory, restart
 the API server under it, or run two replicas. Each :class:`ChartOperator` has two namespaces of its
 own, both enforcing the restricted Pod Security Standard: ``op-<hex>`` for the release and
-``jobs-<hex>`` for BndlJobs, the only namespace it watches. Neither starts with ``t-``, so the
-session's process operator (which watches ``t-*``) never touches these jobs.
+``jobs-<hex>`` for BndlJobs, the only namespace it watches (unless installed cluster-wide). Neither
+starts with ``t-``, so the session's process operator (which watches ``t-*``) never touches these
+jobs.
 
 Fixtures (tests/e2e/conftest.py imports them for every e2e test): ``operator_image`` (session)
 and ``chart_operator`` (function: installed with the chart's defaults, uninstalled and cleaned up
@@ -140,6 +141,7 @@ class ChartOperator:
         release: str = "bndl",
         lease: str | None = None,
         pull_policy: str = "IfNotPresent",
+        namespaced: bool = True,
     ) -> None:
         self.cluster = cluster
         self.operator_image = operator_image
@@ -152,6 +154,7 @@ class ChartOperator:
         self.fullname = f"bndl-{self.run_id}"
         self.lease = lease or f"{self.fullname}-leader"
         self.pull_policy = pull_policy
+        self.namespaced = namespaced
         self.selector = f"app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
 
     # --------------------------------------------------------------------------------- helm
@@ -172,9 +175,10 @@ class ChartOperator:
         args = [
             str(CHART), "-n", self.namespace,
             "--set", f"fullnameOverride={self.fullname}",
-            "--set", f"watch.namespaces={{{self.jobs_namespace}}}",
             *image_values(self.operator_image, self.worker_image, self.pull_policy),
         ]  # fmt: skip
+        if self.namespaced:
+            args += ["--set", f"watch.namespaces={{{self.jobs_namespace}}}"]
         if replicas is not None:
             args += ["--set", f"replicaCount={replicas}"]
         for a in set_args:
@@ -362,12 +366,20 @@ def chart_operator(
 
     Parametrize it indirectly with a tuple of ``key=value`` to install with those ``--set``s:
     ``@pytest.mark.parametrize("chart_operator", [("metrics.enabled=true",)], indirect=True)``.
+    The item ``"cluster-wide"`` installs with the chart's default ``watch.namespaces: []`` (every
+    namespace, with a ClusterRole; the operator then also sees the jobs of the process operator's
+    ``t-*`` namespaces) instead of watching only its jobs namespace.
     """
-    op = ChartOperator(k8s_cluster, operator_image, worker_image)
+    params = tuple(getattr(request, "param", ()))
+    set_args = [p for p in params if p != "cluster-wide"]
+    if bad := [p for p in set_args if "=" not in p]:
+        raise ValueError(f"chart_operator: {bad} are neither key=value nor 'cluster-wide'")
+    namespaced = "cluster-wide" not in params
+    op = ChartOperator(k8s_cluster, operator_image, worker_image, namespaced=namespaced)
     failed_before = request.session.testsfailed
     try:
         op.create_namespaces()
-        op.install(*getattr(request, "param", ()))
+        op.install(*set_args)
         yield op
     finally:
         # The call phase is reported before teardown, so a failed test has been counted.

@@ -1,10 +1,15 @@
 """A BndlJob's NetworkPolicy, enforced (the harness runs kube-network-policies): only the operator
-and the job's own workers reach the worker port.
+and the job's own workers reach the worker port, in a namespaced and in a cluster-wide install.
 
 The operator is the chart's pod (``chart_operator``): the session's process operator runs in the
 cluster's own network namespace, whose traffic is never filtered, and admits itself by an ipBlock
 that covers the pod network. A denied connection is dropped, so a probe ends in its own deadline
 ("timeout"); an admitted one reaches the worker, which refuses it without the job's token (401).
+
+The job's two workers run on two chosen nodes, one each, and its tasks are pinned to them by node
+locality, so results cross nodes worker to worker (``b`` and ``c`` read ``a``, ``d`` reads ``b``
+and ``c``). The probe pods run on the first worker's node: each reaches for one worker on its own
+node and one on another.
 """
 
 from __future__ import annotations
@@ -14,20 +19,23 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.testlib import SLEEP, pod_yaml, probe, wait_running
+from tests.cluster.testlib import HTTP_PROBE, SLEEP, pod_yaml, probe, wait_running
 
 from . import jobs
-from .chart_operator import ChartOperator, diamond
+from .chart_operator import CONTAINER, ChartOperator, diamond
+from .conftest import MEASUREMENTS
 
 pytestmark = pytest.mark.cluster
 
 DENIED = ("timeout", "refused")
+HOSTNAME = "kubernetes.io/hostname"
 
 
 def restricted_pod(name: str, image: str, node: str, labels: dict[str, str] | None = None) -> str:
     """A sleeping pod on ``node`` that the restricted Pod Security Standard admits."""
-    on = {"kubernetes.io/hostname": node}
-    doc = json.loads(pod_yaml(name, image, command=SLEEP, labels=labels, node_selector=on))
+    doc = json.loads(
+        pod_yaml(name, image, command=SLEEP, labels=labels, node_selector={HOSTNAME: node})
+    )
     doc["spec"]["securityContext"] = {
         "runAsNonRoot": True,
         "seccompProfile": {"type": "RuntimeDefault"},
@@ -39,15 +47,62 @@ def restricted_pod(name: str, image: str, node: str, labels: dict[str, str] | No
     return json.dumps(doc)
 
 
+def spread_diamond(name: str, nodes: tuple[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The diamond with one worker on each of ``nodes`` and its tasks pinned alternately to them:
+    ``a`` and ``d`` on the first, ``b`` and ``c`` on the second."""
+    job, expected = diamond(name)
+    one_each = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {
+                        "matchExpressions": [
+                            {"key": HOSTNAME, "operator": "In", "values": list(nodes)}
+                        ]
+                    }
+                ]
+            }
+        },
+        "podAntiAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": [
+                {"topologyKey": HOSTNAME, "labelSelector": {"matchLabels": {"bndl.io/job": name}}}
+            ]
+        },
+    }
+    job["spec"]["workers"]["template"] = {"spec": {"affinity": one_each}}
+    pin = {"a": nodes[0], "b": nodes[1], "c": nodes[1], "d": nodes[0]}
+    for task in job["spec"]["tasks"]:
+        task["locality"] = {"required": {HOSTNAME: pin[task["id"]]}}
+    return job, expected
+
+
+def exec_probe(op: ChartOperator, ns: str, pod_name: str, container: str, url: str) -> str:
+    """``testlib.probe`` from a given container (a worker's or the operator's)."""
+    out = op.cluster.kubectl(
+        "exec", "-n", ns, pod_name, "-c", container, "--", "python3", "-c", HTTP_PROBE, url, "3"
+    )
+    return out.strip()
+
+
+@pytest.mark.parametrize(
+    "chart_operator", [(), ("cluster-wide",)], ids=["namespaced", "cluster-wide"], indirect=True
+)
 def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     chart_operator: ChartOperator, k8s_namespace: str, k8s_test_image: str
 ) -> None:
     op, c = chart_operator, chart_operator.cluster
     jobs_ns, name = op.jobs_namespace, "diamond-netpol"
+    mode = "namespaced" if op.namespaced else "cluster-wide"
+    [deployment] = c.kubectl_json("get", "deployments", "-n", op.namespace)["items"]
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    watched = [a for a in args if a.startswith("--namespace=")]
+    assert watched == ([f"--namespace={jobs_ns}"] if op.namespaced else []), args
 
-    # The workers reach each other (b, c and d take their inputs by fromTask) and the operator
-    # reaches them: the job Succeeds with the policy enforced.
-    job, expected = diamond(name)
+    # The operator reaches the workers and the workers reach each other: every task is pinned to
+    # a worker on one of two nodes, each reads its inputs from the other node, and the job
+    # Succeeds with the policy enforced.
+    here, there = c.node_names[0], c.node_names[1]
+    job, expected = spread_diamond(name, (here, there))
     op.apply(job)
     status = op.wait_phase(name, ("Succeeded", "Failed", "Cancelled"))
     assert status["phase"] == "Succeeded", status
@@ -59,13 +114,13 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     [operator_peer] = [p for p in rule["from"] if "namespaceSelector" in p]
     operator_labels: dict[str, str] = operator_peer["podSelector"]["matchLabels"]
     workers = [p for p in jobs.pods(c, jobs_ns, name) if p["status"].get("podIP")]
-    assert len(workers) == 2, [p["metadata"]["name"] for p in workers]
+    on = {w["spec"]["nodeName"]: w for w in workers}
+    assert sorted(on) == sorted((here, there)), [(w["metadata"]["name"], n) for n, w in on.items()]
+    workers = [on[here], on[there]]
 
     # Probes: a stranger in another namespace, a neighbour in the job's namespace without the
     # operator's labels, and (the control) a pod with the operator's labels in its namespace; all
-    # on the first worker's node, so each reaches for one worker on its node and (the workers
-    # being spread) one on another.
-    here = workers[0]["spec"]["nodeName"]
+    # on ``here``. The operator pods and the first worker probe too.
     probes = {
         "stranger": (k8s_namespace, None),
         "neighbour": (jobs_ns, None),
@@ -75,29 +130,50 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
         c.apply(restricted_pod(pod_name, k8s_test_image, here, labels), ns)
     for pod_name, (ns, _) in probes.items():
         wait_running(c, ns, pod_name)
+    # The chart's operator pods (the leader and its standby), not the lookalike.
+    operators = [p for p in op.pods() if p["metadata"]["name"].startswith(op.fullname)]
+    assert op.leader() in [p["metadata"]["name"] for p in operators], op.leader()
 
-    def outcome(pod_name: str, worker: dict[str, Any]) -> str:
-        ns = probes[pod_name][0]
-        return probe(c, ns, pod_name, f"http://{worker['status']['podIP']}:{port}/")
+    def url(worker: dict[str, Any]) -> str:
+        return f"http://{worker['status']['podIP']}:{port}/"
 
-    def node(ns: str, pod_name: str) -> str:
-        return str(c.kubectl_json("get", "pod", pod_name, "-n", ns)["spec"]["nodeName"])
+    def label(pod: dict[str, Any]) -> str:
+        return f"{pod['metadata']['name']}@{pod['spec']['nodeName']}"
 
-    matrix = {}
+    def admitted(source: str, worker: dict[str, Any]) -> str | None:
+        out = probe(c, probes[source][0], source, url(worker))
+        return out if out.startswith("401") else None
+
+    matrix: dict[tuple[str, str], str] = {}
     for worker in workers:
-        w = f"{worker['metadata']['name']}@{worker['spec']['nodeName']}"
+        w = label(worker)
         # The control first: the path works and the worker answers (its IP is known to the
         # enforcer once the pod is; allow a moment for a pod that just started).
         matrix["lookalike", w] = c.wait_for(
-            lambda worker=worker: (o := outcome("lookalike", worker)).startswith("401") and o,
+            lambda worker=worker: admitted("lookalike", worker),
             60,
             f"the operator's labels admitted to {w}",
         )
         for pod_name in ("stranger", "neighbour"):
-            matrix[pod_name, w] = outcome(pod_name, worker)
-    where = {p: f"{p}@{node(ns, p)}" for p, (ns, _) in probes.items()}
+            matrix[pod_name, w] = probe(c, probes[pod_name][0], pod_name, url(worker))
+        for operator_pod in operators:
+            name_ = operator_pod["metadata"]["name"]
+            matrix[name_, w] = exec_probe(op, op.namespace, name_, CONTAINER, url(worker))
+    matrix["worker", label(workers[1])] = exec_probe(
+        op, jobs_ns, workers[0]["metadata"]["name"], "worker", url(workers[1])
+    )
+
+    where = {p: f"{p}@{here}" for p in probes}
+    where.update({p["metadata"]["name"]: label(p) for p in operators})
+    where["worker"] = label(workers[0])
     table = {f"{where[s]} -> {w}": o for (s, w), o in matrix.items()}
-    print("NetworkPolicy matrix:", json.dumps(table, indent=1))
+    print(f"NetworkPolicy matrix ({mode} install):", json.dumps(table, indent=1))
+    for row, got in table.items():
+        MEASUREMENTS.append(f"NetworkPolicy ({mode}): {row}: {got}")
+    # The stranger and the neighbour are denied; the operator pods, the lookalike and the other
+    # worker are admitted, and turned away by the worker itself (no token).
     for (source, w), got in matrix.items():
-        if source != "lookalike":
+        if source in ("stranger", "neighbour"):
             assert got in DENIED, f"{source} -> {w}: {got}"
+        else:
+            assert got.startswith("401"), f"{source} -> {w}: {got}"
