@@ -118,6 +118,11 @@ def test_stateful_set_runs_the_worker_with_secret_probes_and_restricted_security
     for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"),
                         ("livenessProbe", "/healthz")):  # fmt: skip
         assert c[probe]["httpGet"] == {"path": path, "port": "bndl-health"}  # plain HTTP
+    # A busy node answers late: only a worker silent for a minute is restarted.
+    liveness = c["livenessProbe"]
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60, liveness
+    assert liveness["timeoutSeconds"] >= 5, liveness
+    assert c["readinessProbe"]["timeoutSeconds"] > 1, c["readinessProbe"]
     security = c["securityContext"]
     assert security["allowPrivilegeEscalation"] is False
     assert security["capabilities"] == {"drop": ["ALL"]}

@@ -390,11 +390,14 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
             "failureThreshold": 300,
         },
     )
+    # Probes wait longer than the kubelet's 1 s default: on a busy node (100 workers starting on
+    # 2 cores) a healthy worker answers late, and a liveness kill then fails its running task.
     c.setdefault(
         "readinessProbe",
         {
             "httpGet": {"path": "/readyz", "port": HEALTH_PORT_NAME},
             "periodSeconds": 2,
+            "timeoutSeconds": 5,
             "failureThreshold": 2,
         },
     )
@@ -403,7 +406,8 @@ def _worker_container(c: dict[str, Any], plan: JobPlan, settings: BuildSettings)
         {
             "httpGet": {"path": "/healthz", "port": HEALTH_PORT_NAME},
             "periodSeconds": 10,
-            "failureThreshold": 3,
+            "timeoutSeconds": 10,
+            "failureThreshold": 6,
         },
     )
     if not c.get("resources") and settings.worker_resources:
