@@ -6,6 +6,9 @@ cluster's own network namespace, whose traffic is never filtered, and admits its
 that covers the pod network. A denied connection is dropped, so a probe ends in its own deadline
 ("timeout"); an admitted one reaches the worker, which refuses it without the job's token (401).
 
+With metrics enabled (the cluster-wide case here) the policy also admits any pod to the workers'
+metrics port, and only to that port.
+
 The job's two workers run on two chosen nodes, one each, and its tasks are pinned to them by node
 locality, so results cross nodes worker to worker (``b`` and ``c`` read ``a``, ``d`` reads ``b``
 and ``c``). The probe pods run on the first worker's node: each reaches for one worker on its own
@@ -85,10 +88,13 @@ def exec_probe(op: ChartOperator, ns: str, pod_name: str, container: str, url: s
 
 
 @pytest.mark.parametrize(
-    "chart_operator", [(), ("cluster-wide",)], ids=["namespaced", "cluster-wide"], indirect=True
+    ("chart_operator", "metrics"),
+    [((), False), (("cluster-wide", "metrics.enabled=true"), True)],
+    ids=["namespaced", "cluster-wide+metrics"],
+    indirect=["chart_operator"],
 )
 def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
-    chart_operator: ChartOperator, k8s_namespace: str, k8s_test_image: str
+    chart_operator: ChartOperator, metrics: bool, k8s_namespace: str, k8s_test_image: str
 ) -> None:
     op, c = chart_operator, chart_operator.cluster
     jobs_ns, name = op.jobs_namespace, "diamond-netpol"
@@ -108,11 +114,22 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     assert status["phase"] == "Succeeded", status
     assert status["results"] == {"d": expected["d"]}  # the sink's result: 16, from b and c
 
+    # The job's policy: the worker port from the job's workers and the operator's pods; with
+    # metrics enabled, the workers' metrics port from any pod of the cluster.
     [policy] = c.kubectl_json("get", "networkpolicy", "-n", jobs_ns)["items"]
-    [rule] = policy["spec"]["ingress"]
+    rules = policy["spec"]["ingress"]
+    [rule] = [r for r in rules if any("podSelector" in p for p in r["from"])]
     port = rule["ports"][0]["port"]
     [operator_peer] = [p for p in rule["from"] if "namespaceSelector" in p]
     operator_labels: dict[str, str] = operator_peer["podSelector"]["matchLabels"]
+    others = [r for r in rules if r is not rule]
+    ports = {"task": port}
+    if metrics:
+        [metrics_rule] = others
+        assert metrics_rule["from"] == [{"namespaceSelector": {}}], metrics_rule
+        ports["metrics"] = metrics_rule["ports"][0]["port"]
+    else:
+        assert others == [], rules
     workers = [p for p in jobs.pods(c, jobs_ns, name) if p["status"].get("podIP")]
     on = {w["spec"]["nodeName"]: w for w in workers}
     assert sorted(on) == sorted((here, there)), [(w["metadata"]["name"], n) for n, w in on.items()]
@@ -134,11 +151,17 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     operators = [p for p in op.pods() if p["metadata"]["name"].startswith(op.fullname)]
     assert op.leader() in [p["metadata"]["name"] for p in operators], op.leader()
 
-    def url(worker: dict[str, Any]) -> str:
-        return f"http://{worker['status']['podIP']}:{port}/"
+    def url(worker: dict[str, Any], which: str = "task") -> str:
+        path = "/metrics" if which == "metrics" else "/"
+        return f"http://{worker['status']['podIP']}:{ports[which]}{path}"
 
-    def label(pod: dict[str, Any]) -> str:
-        return f"{pod['metadata']['name']}@{pod['spec']['nodeName']}"
+    def label(pod: dict[str, Any], which: str | None = None) -> str:
+        where = f"{pod['metadata']['name']}@{pod['spec']['nodeName']}"
+        return f"{where}:{ports[which]}" if which else where
+
+    def short(out: str) -> str:
+        """The status line of an answer (a metrics page is long), or refused/timeout."""
+        return out.splitlines()[0][:40] if out else out
 
     def admitted(source: str, worker: dict[str, Any]) -> str | None:
         out = probe(c, probes[source][0], source, url(worker))
@@ -146,7 +169,7 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
 
     matrix: dict[tuple[str, str], str] = {}
     for worker in workers:
-        w = label(worker)
+        w = label(worker, "task")
         # The control first: the path works and the worker answers (its IP is known to the
         # enforcer once the pod is; allow a moment for a pod that just started).
         matrix["lookalike", w] = c.wait_for(
@@ -156,10 +179,13 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
         )
         for pod_name in ("stranger", "neighbour"):
             matrix[pod_name, w] = probe(c, probes[pod_name][0], pod_name, url(worker))
+            if metrics:
+                out = probe(c, probes[pod_name][0], pod_name, url(worker, "metrics"))
+                matrix[pod_name, label(worker, "metrics")] = short(out)
         for operator_pod in operators:
             name_ = operator_pod["metadata"]["name"]
             matrix[name_, w] = exec_probe(op, op.namespace, name_, CONTAINER, url(worker))
-    matrix["worker", label(workers[1])] = exec_probe(
+    matrix["worker", label(workers[1], "task")] = exec_probe(
         op, jobs_ns, workers[0]["metadata"]["name"], "worker", url(workers[1])
     )
 
@@ -167,13 +193,17 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     where.update({p["metadata"]["name"]: label(p) for p in operators})
     where["worker"] = label(workers[0])
     table = {f"{where[s]} -> {w}": o for (s, w), o in matrix.items()}
-    print(f"NetworkPolicy matrix ({mode} install):", json.dumps(table, indent=1))
+    kind = f"{mode} install" + (", metrics enabled" if metrics else "")
+    print(f"NetworkPolicy matrix ({kind}):", json.dumps(table, indent=1))
     for row, got in table.items():
-        MEASUREMENTS.append(f"NetworkPolicy ({mode}): {row}: {got}")
-    # The stranger and the neighbour are denied; the operator pods, the lookalike and the other
-    # worker are admitted, and turned away by the worker itself (no token).
+        MEASUREMENTS.append(f"NetworkPolicy ({kind}): {row}: {got}")
+    # On the task port the stranger and the neighbour are denied; the operator pods, the
+    # lookalike and the other worker are admitted, and turned away by the worker itself (no
+    # token). The metrics port answers anyone.
     for (source, w), got in matrix.items():
-        if source in ("stranger", "neighbour"):
+        if w.endswith(f":{ports.get('metrics')}"):
+            assert got.startswith("200"), f"{source} -> {w}: {got}"
+        elif source in ("stranger", "neighbour"):
             assert got in DENIED, f"{source} -> {w}: {got}"
         else:
             assert got.startswith("401"), f"{source} -> {w}: {got}"
