@@ -4,7 +4,8 @@ and the job's own workers reach the worker port, in a namespaced and in a cluste
 The operator is the chart's pod (``chart_operator``): the session's process operator runs in the
 cluster's own network namespace, whose traffic is never filtered, and admits itself by an ipBlock
 that covers the pod network. A denied connection is dropped, so a probe ends in its own deadline
-("timeout"); an admitted one reaches the worker, which refuses it without the job's token (401).
+("timeout"); an admitted one reaches the worker's task port, whose mutual-TLS listener refuses a
+peer without the job's certificate ("tls rejected ..."; the network let it through).
 
 With metrics enabled (the cluster-wide case here) the policy also admits any pod to the workers'
 metrics port, and only to that port.
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.testlib import HTTP_PROBE, SLEEP, pod_yaml, probe, wait_running
+from tests.cluster.testlib import SLEEP, pod_yaml, probe, wait_running
 
 from . import jobs
 from .chart_operator import CONTAINER, ChartOperator, diamond
@@ -79,12 +80,49 @@ def spread_diamond(name: str, nodes: tuple[str, str]) -> tuple[dict[str, Any], d
     return job, expected
 
 
-def exec_probe(op: ChartOperator, ns: str, pod_name: str, container: str, url: str) -> str:
-    """``testlib.probe`` from a given container (a worker's or the operator's)."""
-    out = op.cluster.kubectl(
-        "exec", "-n", ns, pod_name, "-c", container, "--", "python3", "-c", HTTP_PROBE, url, "3"
-    )
-    return out.strip()
+TLS_PROBE = """
+import socket, ssl, sys
+host, port, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+if len(sys.argv) > 4:  # a directory with the job's ca.crt, tls.crt and tls.key
+    d = sys.argv[4]
+    ctx.load_verify_locations(d + "/ca.crt")
+    ctx.load_cert_chain(d + "/tls.crt", d + "/tls.key")
+else:
+    ctx.verify_mode = ssl.CERT_NONE
+try:
+    sock = socket.create_connection((host, port), timeout=timeout)
+except (TimeoutError, socket.timeout):
+    sys.exit(print("timeout"))
+except ConnectionRefusedError:
+    sys.exit(print("refused"))
+try:
+    with ctx.wrap_socket(sock) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\\r\\nHost: w\\r\\nConnection: close\\r\\n\\r\\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+    print("tls", data.split(b"\\r\\n", 1)[0].decode()) if data else print("tls rejected closed")
+except ssl.SSLError as e:
+    print("tls rejected", e.reason)
+except OSError as e:
+    print("tls rejected", type(e).__name__)
+"""
+"""One TCP connection to a worker's task port with a deadline, then a TLS handshake and
+``GET /healthz``: ``timeout`` or ``refused`` (the network denied it), ``tls rejected <why>`` (the
+worker's listener was reached and refused a peer without the job's certificate) or ``tls HTTP/1.1
+200 OK`` (with the job's certificate)."""
+
+TLS_DIR = "/var/run/bndl/tls"
+"""Where a worker pod has the job's CA and its own certificate (``BNDL_TLS_DIR``)."""
+
+
+def run_probe(op: ChartOperator, ns: str, pod_name: str, container: str | None, *args: str) -> str:
+    """:data:`TLS_PROBE` from a pod (``container``: a worker's or the operator's)."""
+    which = ["-c", container] if container else []
+    cmd = ["exec", "-n", ns, pod_name, *which, "--", "python3", "-c", TLS_PROBE, *args]
+    return op.cluster.kubectl(*cmd).strip()
 
 
 @pytest.mark.parametrize(
@@ -114,26 +152,29 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     assert status["phase"] == "Succeeded", status
     assert status["results"] == {"d": expected["d"]}  # the sink's result: 16, from b and c
 
-    # The job's policy: the worker port from the job's workers and the operator's pods; with
-    # metrics enabled, the workers' metrics port from any pod of the cluster.
+    # The job's policy: the task port from the job's workers and the operator's pods; with
+    # metrics enabled, the workers' metrics port from any pod of the cluster; nothing else (the
+    # plain health port is for the kubelet's probes only).
     [policy] = c.kubectl_json("get", "networkpolicy", "-n", jobs_ns)["items"]
     rules = policy["spec"]["ingress"]
     [rule] = [r for r in rules if any("podSelector" in p for p in r["from"])]
-    port = rule["ports"][0]["port"]
     [operator_peer] = [p for p in rule["from"] if "namespaceSelector" in p]
     operator_labels: dict[str, str] = operator_peer["podSelector"]["matchLabels"]
+    workers = [p for p in jobs.pods(c, jobs_ns, name) if p["status"].get("podIP")]
+    on = {w["spec"]["nodeName"]: w for w in workers}
+    assert sorted(on) == sorted((here, there)), [(w["metadata"]["name"], n) for n, w in on.items()]
+    workers = [on[here], on[there]]
+    [container] = [k for k in workers[0]["spec"]["containers"] if k["name"] == "worker"]
+    named = {p["name"]: p["containerPort"] for p in container["ports"]}
+    ports = {"task": named["bndl"], "health": named["bndl-health"]}
+    assert rule["ports"] == [{"protocol": "TCP", "port": ports["task"]}], rule
     others = [r for r in rules if r is not rule]
-    ports = {"task": port}
     if metrics:
         [metrics_rule] = others
         assert metrics_rule["from"] == [{"namespaceSelector": {}}], metrics_rule
         ports["metrics"] = metrics_rule["ports"][0]["port"]
     else:
         assert others == [], rules
-    workers = [p for p in jobs.pods(c, jobs_ns, name) if p["status"].get("podIP")]
-    on = {w["spec"]["nodeName"]: w for w in workers}
-    assert sorted(on) == sorted((here, there)), [(w["metadata"]["name"], n) for n, w in on.items()]
-    workers = [on[here], on[there]]
 
     # Probes: a stranger in another namespace, a neighbour in the job's namespace without the
     # operator's labels, and (the control) a pod with the operator's labels in its namespace; all
@@ -151,43 +192,49 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     operators = [p for p in op.pods() if p["metadata"]["name"].startswith(op.fullname)]
     assert op.leader() in [p["metadata"]["name"] for p in operators], op.leader()
 
-    def url(worker: dict[str, Any], which: str = "task") -> str:
-        path = "/metrics" if which == "metrics" else "/"
-        return f"http://{worker['status']['podIP']}:{ports[which]}{path}"
+    def ip(worker: dict[str, Any]) -> str:
+        return str(worker["status"]["podIP"])
 
     def label(pod: dict[str, Any], which: str | None = None) -> str:
         where = f"{pod['metadata']['name']}@{pod['spec']['nodeName']}"
         return f"{where}:{ports[which]}" if which else where
 
-    def short(out: str) -> str:
-        """The status line of an answer (a metrics page is long), or refused/timeout."""
-        return out.splitlines()[0][:40] if out else out
+    def task_port(source: str, worker: dict[str, Any]) -> str:
+        return run_probe(op, probes[source][0], source, None, ip(worker), str(ports["task"]), "3")
+
+    def plain(source: str, worker: dict[str, Any], which: str) -> str:
+        path = "/metrics" if which == "metrics" else "/healthz"
+        out = probe(c, probes[source][0], source, f"http://{ip(worker)}:{ports[which]}{path}")
+        return out.splitlines()[0][:40] if out else out  # a metrics page is long
 
     def admitted(source: str, worker: dict[str, Any]) -> str | None:
-        out = probe(c, probes[source][0], source, url(worker))
-        return out if out.startswith("401") else None
+        out = task_port(source, worker)
+        return out if out.startswith("tls") else None
 
     matrix: dict[tuple[str, str], str] = {}
     for worker in workers:
         w = label(worker, "task")
-        # The control first: the path works and the worker answers (its IP is known to the
-        # enforcer once the pod is; allow a moment for a pod that just started).
+        # The control first: the path works and the worker's listener answers (its IP is known
+        # to the enforcer once the pod is; allow a moment for a pod that just started).
         matrix["lookalike", w] = c.wait_for(
             lambda worker=worker: admitted("lookalike", worker),
             60,
             f"the operator's labels admitted to {w}",
         )
-        for pod_name in ("stranger", "neighbour"):
-            matrix[pod_name, w] = probe(c, probes[pod_name][0], pod_name, url(worker))
-            if metrics:
-                out = probe(c, probes[pod_name][0], pod_name, url(worker, "metrics"))
-                matrix[pod_name, label(worker, "metrics")] = short(out)
+        for source in ("stranger", "neighbour"):
+            matrix[source, w] = task_port(source, worker)
+            for which in ("health", "metrics") if metrics else ("health",):
+                matrix[source, label(worker, which)] = plain(source, worker, which)
         for operator_pod in operators:
-            name_ = operator_pod["metadata"]["name"]
-            matrix[name_, w] = exec_probe(op, op.namespace, name_, CONTAINER, url(worker))
-    matrix["worker", label(workers[1], "task")] = exec_probe(
-        op, jobs_ns, workers[0]["metadata"]["name"], "worker", url(workers[1])
-    )
+            pod_name = operator_pod["metadata"]["name"]
+            matrix[pod_name, w] = run_probe(
+                op, op.namespace, pod_name, CONTAINER, ip(worker), str(ports["task"]), "3"
+            )
+    # A worker with its own certificate gets an answer from the other one.
+    matrix["worker", label(workers[1], "task")] = run_probe(
+        op, jobs_ns, workers[0]["metadata"]["name"], "worker",
+        ip(workers[1]), str(ports["task"]), "3", TLS_DIR,
+    )  # fmt: skip
 
     where = {p: f"{p}@{here}" for p in probes}
     where.update({p["metadata"]["name"]: label(p) for p in operators})
@@ -197,13 +244,17 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
     print(f"NetworkPolicy matrix ({kind}):", json.dumps(table, indent=1))
     for row, got in table.items():
         MEASUREMENTS.append(f"NetworkPolicy ({kind}): {row}: {got}")
-    # On the task port the stranger and the neighbour are denied; the operator pods, the
-    # lookalike and the other worker are admitted, and turned away by the worker itself (no
-    # token). The metrics port answers anyone.
+    # The stranger and the neighbour are denied on the task and the health port; the operator
+    # pods and the lookalike are admitted to the task port and turned away by the worker's TLS
+    # listener (no certificate of the job); the other worker is answered. The metrics port
+    # answers anyone.
     for (source, w), got in matrix.items():
-        if w.endswith(f":{ports.get('metrics')}"):
+        port = int(w.rsplit(":", 1)[1])
+        if port == ports.get("metrics"):
             assert got.startswith("200"), f"{source} -> {w}: {got}"
         elif source in ("stranger", "neighbour"):
             assert got in DENIED, f"{source} -> {w}: {got}"
+        elif source == "worker":
+            assert got == "tls HTTP/1.1 200 OK", f"{source} -> {w}: {got}"
         else:
-            assert got.startswith("401"), f"{source} -> {w}: {got}"
+            assert got.startswith("tls rejected"), f"{source} -> {w}: {got}"
