@@ -9,6 +9,7 @@ asks it, through its HTTP API, for the job's task count and for the workers' ser
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import urllib.parse
@@ -22,7 +23,7 @@ import yaml
 
 from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
-from tests.cluster.procs import ProcRecord, start_process, stop_processes
+from tests.cluster.procs import ProcRecord, WaitTimeout, start_process, stop_processes
 from tests.e2e.chart_operator import ChartOperator, diamond
 
 pytestmark = pytest.mark.cluster
@@ -154,14 +155,20 @@ class Prometheus:
         result: list[dict[str, Any]] = answer["data"]["result"]
         return result
 
-    def wait_value(self, promql: str, timeout: float = WAIT) -> float:
-        """The single value of ``promql`` once it has one."""
+    def settled_value(self, promql: str, expected: float, timeout: float = WAIT) -> float:
+        """The value of ``promql`` once it is ``expected``, or the last one seen at the deadline
+        (a counter scraped while the job ran lags until the next scrape)."""
+        seen: list[float] = []
 
-        def one() -> float | None:
+        def settled() -> bool:
             result = self.query(promql)
-            return float(result[0]["value"][1]) if len(result) == 1 else None
+            if len(result) == 1:
+                seen.append(float(result[0]["value"][1]))
+            return bool(seen) and seen[-1] == expected
 
-        return self.cluster.wait_for(one, timeout, f"a value of {promql}")
+        with contextlib.suppress(WaitTimeout):  # the caller's assertion names the value
+            self.cluster.wait_for(settled, timeout, f"{promql} == {expected}")
+        return seen[-1] if seen else float("nan")
 
 
 @pytest.fixture
@@ -195,17 +202,21 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
 
     # The job's task count, as the operator reports it and as its runs add up.
     promql = f'bndl_job_tasks{{namespace="{ns}", bndljob="{name}"}}'
-    answer = prometheus.wait_value(promql)
+    answer = prometheus.settled_value(promql, tasks)
     succeeded = f'sum(bndl_tasks_succeeded_total{{namespace="{ns}"}})'
-    runs = prometheus.wait_value(succeeded)
+    runs = prometheus.settled_value(succeeded, tasks)
     request.node.add_report_section("call", "promql", f"{promql} = {answer}\n{succeeded} = {runs}")
     print(f"\nPromQL: {promql} -> {answer}\nPromQL: {succeeded} -> {runs}")
     assert answer == tasks
     assert runs == tasks  # nothing failed or was retried: one successful run per task
 
     # Both operator replicas are scraped; only the leader reports the job.
-    up = prometheus.query('up{job="bndl-operator"} == 1')
-    assert {r["metric"]["pod"] for r in up} == pods, up
+    def operators_up() -> set[str] | None:  # each target is scraped on its own schedule
+        up = prometheus.query('up{job="bndl-operator"} == 1')
+        got = {r["metric"]["pod"] for r in up}
+        return got if got == pods else None
+
+    prometheus.cluster.wait_for(operators_up, WAIT, "both operator pods scraped")
     leader = op.leader()
     reporting = {r["metric"]["pod"] for r in prometheus.query(promql)}
     assert reporting == {leader}, (reporting, leader)
@@ -225,8 +236,10 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
         return got if got == workers else None
 
     prometheus.cluster.wait_for(workers_up, WAIT, "every worker scraped")
-    ended = prometheus.wait_value(f'sum(bndl_worker_tasks_run_total{{namespace="{ns}"}})')
-    dispatched = prometheus.wait_value(f'sum(bndl_tasks_dispatched_total{{namespace="{ns}"}})')
+    ended = prometheus.settled_value(f'sum(bndl_worker_tasks_run_total{{namespace="{ns}"}})', tasks)
+    dispatched = prometheus.settled_value(
+        f'sum(bndl_tasks_dispatched_total{{namespace="{ns}"}})', tasks
+    )
     assert ended == dispatched == tasks, (ended, dispatched)
     held = prometheus.query(f'bndl_worker_bytes_held{{namespace="{ns}"}}')
     assert {r["metric"]["pod"] for r in held} == workers, held
