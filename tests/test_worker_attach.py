@@ -75,6 +75,17 @@ async def start_and_go_away(worker: WorkerProcess, items: list[TaskItem]) -> Non
         await asyncio.gather(consumer, return_exceptions=True)
     finally:
         await session.close()
+    # The driver is gone once the worker says so: every run it left is an orphan (or ended).
+    async with create_session() as fresh:
+        watcher = WorkerClient(worker.name, worker.url, TLS, fresh)
+        keys = {item.key for item in items}
+        await eventually(lambda: _all_orphaned(watcher, keys), what="the runs to become orphans")
+
+
+async def _all_orphaned(c: WorkerClient, keys: set[str]) -> bool:
+    held = await c.held()
+    still = keys & set(held["running"])
+    return still <= set(held.get("orphaned", []))
 
 
 def _running(c: WorkerClient, key: str) -> Callable[[], Awaitable[bool]]:

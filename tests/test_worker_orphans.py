@@ -104,7 +104,13 @@ def test_an_orphan_past_its_grace_period_is_cancelled_and_forgotten() -> None:
         r.orphan(stream)
         assert r.held()["running"] == ["spin"]
         await until(lambda: (r.expire(), "spin" not in r.running)[1])
-        assert r.held() == {"name": "w-in-process", "held": [], "running": [], "finished": []}
+        assert r.held() == {
+            "name": "w-in-process",
+            "held": [],
+            "running": [],
+            "finished": [],
+            "orphaned": [],
+        }
         (error,) = outcomes(r.attach(["spin"])).values()
         assert isinstance(error, RunNotFound)
 

@@ -25,7 +25,7 @@ import tracemalloc
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 from urllib.parse import quote
 
 import aiohttp
@@ -100,6 +100,8 @@ class Held(TypedDict):
     """Keys of its running tasks, orphans (whose driver went away) included."""
     finished: list[str]
     """Keys of finished orphans whose completion no driver received yet (see :meth:`attach`)."""
+    orphaned: NotRequired[list[str]]
+    """Keys of the running tasks whose driver went away (within their grace period)."""
 
 
 class WorkerClient:

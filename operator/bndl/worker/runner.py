@@ -365,13 +365,15 @@ class TaskRunner:
             self._cancel_job(job)
 
     def held(self) -> dict[str, Any]:
-        """What ``GET /v1/held`` reports: kept results, running tasks and undelivered frames."""
+        """What ``GET /v1/held`` reports: kept results, running tasks, undelivered frames, and
+        which running tasks are orphans (their driver went away)."""
         now = self.expire()
         return {
             "name": self.info.name,
             "held": self.store.keys(),
             "running": [key for key, job in self.running.items() if not job.expired],
             "finished": [key for key, (due, _) in self._undelivered.items() if due >= now],
+            "orphaned": [key for key in self._orphans if key in self.running],
         }
 
     def _cancel_job(self, job: TaskJob) -> None:
