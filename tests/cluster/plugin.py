@@ -163,6 +163,11 @@ def k8s_test_image(k8s_cluster: Cluster) -> str:
 
 @pytest.fixture
 def k8s_namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    yield from fresh_namespace(k8s_cluster)
+
+
+def fresh_namespace(k8s_cluster: Cluster) -> Iterator[str]:
+    """A new ``t-*`` namespace, ready for pods; deleted (without waiting) afterwards."""
     name = f"t-{secrets.token_hex(4)}"
     k8s_cluster.kubectl("create", "namespace", name)
     # Pods are admitted only once the namespace's default ServiceAccount exists.

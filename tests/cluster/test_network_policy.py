@@ -8,12 +8,12 @@ A denied connection is dropped by the enforcer, so the client sees its own conne
 from __future__ import annotations
 
 import json
-import secrets
 from collections.abc import Iterator
 
 import pytest
 
 from .cluster import Cluster
+from .plugin import fresh_namespace
 from .testlib import SLEEP, pod, pod_yaml, probe, wait_running
 
 pytestmark = pytest.mark.cluster
@@ -35,17 +35,7 @@ def policy_yaml(name: str, ingress: list[dict[str, object]]) -> str:
 
 @pytest.fixture
 def other_namespace(k8s_cluster: Cluster) -> Iterator[str]:
-    name = f"t-{secrets.token_hex(4)}"
-    k8s_cluster.kubectl("create", "namespace", name)
-    k8s_cluster.wait_for(
-        lambda: k8s_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
-        30,
-        f"default ServiceAccount in {name}",
-    )
-    try:
-        yield name
-    finally:
-        k8s_cluster.kubectl("delete", "namespace", name, "--wait=false", check=False)
+    yield from fresh_namespace(k8s_cluster)
 
 
 def test_deny_all_blocks_and_allow_admits_on_one_node_and_across_nodes(

@@ -7,7 +7,24 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import quote
 
+from bndl.k8s.builders import JobRef, labels, owner_reference
 from bndl.k8s.kube import MERGE_PATCH, Kube, KubeError
+
+
+def owned(ref: JobRef, name: str, component: str, data: dict[str, str]) -> dict[str, Any]:
+    """The ConfigMap ``name`` holding ``data``: owned by the job (deleted with it) and labelled
+    like its other children, as ``component``."""
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {
+            "name": name,
+            "namespace": ref.namespace,
+            "labels": labels(ref, component),
+            "ownerReferences": [owner_reference(ref)],
+        },
+        "data": data,
+    }
 
 
 def path(namespace: str, name: str | None = None) -> str:

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 from bndl.driver import HttpWorker
 from bndl.execute.profile import cpu_stats_of, format_cpu_top, format_memory_top
 from bndl.k8s import configmaps
-from bndl.k8s.builders import JobRef, labels, owner_reference
+from bndl.k8s.builders import JobRef
 from bndl.k8s.kube import Kube
 from bndl.manifest import Profiling
 from bndl.wire import merge_cpu_stats
@@ -118,17 +118,7 @@ def bounded(text: str, limit: int = MAX_PROFILE_BYTES) -> str:
 def profile_config_map(ref: JobRef, text: str) -> dict[str, Any]:
     """The ConfigMap ``<job base>-profile`` holding the summary under ``profile.txt``: owned by
     the job (deleted with it) and labelled like its other children."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": config_map_name(ref),
-            "namespace": ref.namespace,
-            "labels": labels(ref, COMPONENT),
-            "ownerReferences": [owner_reference(ref)],
-        },
-        "data": {PROFILE_KEY: bounded(text)},
-    }
+    return configmaps.owned(ref, config_map_name(ref), COMPONENT, {PROFILE_KEY: bounded(text)})
 
 
 async def save(kube: Kube, ref: JobRef, text: str) -> str:

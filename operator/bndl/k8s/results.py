@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from bndl.k8s import configmaps
-from bndl.k8s.builders import JobRef, labels, owner_reference
+from bndl.k8s.builders import JobRef
 from bndl.k8s.kube import Kube
 
 log = logging.getLogger(__name__)
@@ -84,17 +84,8 @@ def note(kept: int, omitted: int, limit: int = MAX_RESULTS_BYTES) -> str:
 def results_config_map(ref: JobRef, text: str, kept: int, omitted: int) -> dict[str, Any]:
     """The ConfigMap ``<job base>-results``: owned by the job (deleted with it) and labelled
     like its other children."""
-    return {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "metadata": {
-            "name": config_map_name(ref),
-            "namespace": ref.namespace,
-            "labels": labels(ref, COMPONENT),
-            "ownerReferences": [owner_reference(ref)],
-        },
-        "data": {RESULTS_KEY: text, OMITTED_KEY: str(omitted), NOTE_KEY: note(kept, omitted)},
-    }
+    data = {RESULTS_KEY: text, OMITTED_KEY: str(omitted), NOTE_KEY: note(kept, omitted)}
+    return configmaps.owned(ref, config_map_name(ref), COMPONENT, data)
 
 
 async def save(kube: Kube, ref: JobRef, results: Sequence[tuple[str, Any]]) -> dict[str, Any]:
