@@ -14,8 +14,10 @@ from bndl.execute.core import (
     FailureKind,
     SchedulerCore,
     TaskSpec,
+    Withdraw,
     WorkerKilledByTask,
 )
+from bndl.execute.exceptions import TaskCancelled
 
 
 def dispatches(decisions: Sequence[Decision]) -> list[Dispatch]:
@@ -64,27 +66,41 @@ def test_a_completion_tops_the_queue_up_and_the_job_finishes() -> None:
     assert done == 10 and core.closed
 
 
-def test_an_idle_worker_steals_the_newest_queued_run() -> None:
+def test_an_idle_worker_steals_the_newest_queued_run_once_its_worker_gave_it_back() -> None:
     core = SchedulerCore(independent(4), ["w0", "w1"], concurrency=1, ahead=2)
     first = dispatches(core.start())
     assert per_worker(first) == {"w0": [0, 2], "w1": [1, 3]}
     one = next(d for d in first if d.task == 1)
     out = core.task_succeeded(1, one.run)
     # w1's queue had task 3, which starts there; nothing to steal yet
-    assert not [d for d in out if isinstance(d, Cancel)]
+    assert not [d for d in out if isinstance(d, Withdraw | Cancel)]
     three = next(d for d in first if d.task == 3)
     out = core.task_succeeded(3, three.run)
-    # w1 is idle with a free slot while w0 has task 2 queued: it takes it over
-    (cancel,) = [d for d in out if isinstance(d, Cancel)]
-    (moved,) = dispatches(out)
-    assert (cancel.task, cancel.worker) == (2, "w0")
-    assert (moved.task, moved.worker, moved.run) == (2, "w1", 2)
-    # the abandoned run's late outcome is ignored
-    assert core.task_succeeded(2, 1) == []
+    # w1 is idle with a free slot while w0 has task 2 queued: it asks w0 for it back, once
+    (withdraw,) = [d for d in out if isinstance(d, Withdraw)]
+    assert (withdraw.task, withdraw.worker, withdraw.run) == (2, "w0", 1)
+    assert dispatches(out) == [] and not [d for d in out if isinstance(d, Cancel)]
     zero = next(d for d in first if d.task == 0)
-    core.task_succeeded(0, zero.run)
+    assert not [d for d in core.task_succeeded(0, zero.run) if isinstance(d, Withdraw)]
+    # w0 gave it back before starting it: it runs on the idle worker, uncharged
+    out = core.task_failed(2, 1, TaskCancelled("withdrawn"), FailureKind.REQUEUE)
+    (moved,) = dispatches(out)
+    assert (moved.task, moved.run) == (2, 2)
     core.task_succeeded(2, moved.run)
-    assert core.closed and core.counts().succeeded == 4
+    assert core.closed and core.counts().succeeded == 4 and core.failures(2) == 0
+
+
+def test_a_stolen_run_that_had_started_goes_on_and_runs_once() -> None:
+    core = SchedulerCore(independent(3), ["w0", "w1"], concurrency=1, ahead=1)
+    first = dispatches(core.start())
+    assert per_worker(first) == {"w0": [0, 2], "w1": [1]}
+    out = core.task_succeeded(1, 1)
+    (withdraw,) = [d for d in out if isinstance(d, Withdraw)]
+    assert withdraw.task == 2
+    # w0 had finished task 0 and started task 2 before the withdraw came: it just completes
+    core.task_succeeded(0, 1)
+    out = core.task_succeeded(2, 1)
+    assert dispatches(out) == [] and core.closed
 
 
 def test_stealing_honours_forbidden_workers() -> None:

@@ -12,7 +12,7 @@ import pytest
 
 from bndl.execute.exceptions import NotConnected
 from bndl.wire import TaskItem, frames
-from bndl.wire.channel import CANCEL, MOVED, RUN, Channel
+from bndl.wire.channel import CANCEL, MOVED, RUN, Channel, Outcome
 from bndl.wire.tasks import DONE
 
 
@@ -60,7 +60,16 @@ def items(*keys: str) -> list[tuple[TaskItem, bytes]]:
 
 
 async def collect(channel: Channel, *keys: str) -> dict[str, object]:
-    return {c.key: c.value async for c in channel.run(items(*keys))}
+    """Submit runs ``keys`` and wait for their outcomes (raising the first error)."""
+    outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+    channel.submit(items(*keys), outcomes.put_nowait)
+    got: dict[str, object] = {}
+    while len(got) < len(keys):
+        outcome = await outcomes.get()
+        if isinstance(outcome, BaseException):
+            raise outcome
+        got[outcome.key] = outcome.value
+    return got
 
 
 def done(key: str, value: object) -> tuple[str, str, bool, bytes]:

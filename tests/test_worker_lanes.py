@@ -1,6 +1,6 @@
 """Lanes on a real worker process: runs beyond a lane's slots wait their turn, in order; a
-waiting run that is cancelled ends at once; and a job dispatched ahead never runs more tasks at
-once on a worker than its concurrency."""
+waiting run that is cancelled (or withdrawn) ends at once; and a job dispatched ahead never runs
+more tasks at once on a worker than its concurrency."""
 
 from __future__ import annotations
 
@@ -93,6 +93,35 @@ def test_a_cancelled_waiting_run_ends_at_once_and_never_runs(
             Path(go).touch()
             await collecting
             assert outcomes["c/1"].ok and not ran.exists()
+
+    run(check)
+
+
+def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    go, started = str(tmp_path / "go"), tmp_path / "started"
+    ran = tmp_path / "ran"
+
+    async def check() -> None:
+        async with client(worker) as c:
+            first = TaskItem("w/1", start_then_wait, (str(started), go), lane="w", slots=1)
+            second = TaskItem("w/2", ran.write_text, ("x",), lane="w", slots=1)
+            outcomes: dict[str, Completion] = {}
+
+            async def collect() -> None:
+                async for completion in c.run([first, second]):
+                    outcomes[completion.key] = completion
+
+            collecting = asyncio.ensure_future(collect())
+            await eventually(lambda: _true(started.exists()), what="the first run to start")
+            c.withdraw_soon(["w/1", "w/2"])  # the first started: only the second is taken back
+            await eventually(lambda: _true("w/2" in outcomes), what="the withdrawn run's outcome")
+            assert isinstance(outcomes["w/2"].error, TaskCancelled)
+            assert "withdrawn" in str(outcomes["w/2"].error) and "w/1" not in outcomes
+            Path(go).touch()
+            await collecting
+            assert outcomes["w/1"].ok and outcomes["w/1"].value == go and not ran.exists()
 
     run(check)
 

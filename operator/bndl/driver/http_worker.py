@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import Any, TypeVar
 
 from bndl.driver.loop import IoLoop
@@ -37,6 +38,10 @@ class HttpWorker:
 
     queues_ahead = True
     """Runs sent with a lane wait on the worker for a slot of their lane (dispatch ahead)."""
+
+    pipelines = True
+    """The worker resolves a task's inputs (its ``RemoteRef`` arguments) when the task starts,
+    in the order its lane runs them: a task may be sent behind the runs computing its inputs."""
 
     loss_cause: Callable[[], str | None] | None = None
     """Why the worker died, if whoever watches its process or pod knows (the local cluster sets
@@ -81,7 +86,18 @@ class HttpWorker:
         item = TaskItem(key, fn, tuple(args), dict(kwargs), keep, reply)
         if lane is not None:
             item.lane, item.slots = lane.name, lane.slots
-        return self._track(lambda future: self._resolve(self.client.run([item]), future, True))
+        future: Future[Any] = Future()
+        self._inflight.add(future)
+        future.add_done_callback(self._inflight.discard)
+        self._loop.call(partial(self._submit, item, future))
+        return future
+
+    def _submit(self, item: TaskItem, future: Future[Any]) -> None:
+        """On the loop: send the run; its outcome resolves ``future`` straight from the channel."""
+        try:
+            self.client.submit([item], partial(_settle, future, True))
+        except Exception as e:  # a key already running there: a bug of the caller
+            _settle(future, True, e)
 
     def attach(self, key: str, reply: bool = True) -> Future[Any]:
         """The outcome of a run started earlier on this worker (by an earlier driver, say),
@@ -124,10 +140,12 @@ class HttpWorker:
 
     def cancel(self, key: str) -> None:
         """Cancel run ``key`` through the worker's channel, after the run itself."""
-        self._loop.spawn(self._cancel_soon(key))
+        self._loop.call(partial(self.client.cancel_soon, [key]))
 
-    async def _cancel_soon(self, key: str) -> None:
-        self.client.cancel_soon([key])
+    def withdraw(self, key: str) -> None:
+        """Take run ``key`` back if it still waits in its lane on the worker (it then ends with
+        ``TaskCancelled``); a run that started goes on. Sent after the run itself."""
+        self._loop.call(partial(self.client.withdraw_soon, [key]))
 
     def release(self, prefix: str) -> None:
         self._loop.spawn(self._quietly(self.client.release(prefix=prefix), "release"))
@@ -162,3 +180,15 @@ class HttpWorker:
 
     def __repr__(self) -> str:
         return f"<HttpWorker {self.name} {self.url}>"
+
+
+def _settle(future: Future[Any], reply: bool, outcome: Completion | BaseException) -> None:
+    """Resolve a run's future from its outcome (unless :meth:`HttpWorker.disconnect` did)."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    elif outcome.ok:
+        future.set_result(outcome.value if reply else None)
+    else:
+        future.set_exception(outcome.value)

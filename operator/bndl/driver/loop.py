@@ -8,14 +8,18 @@ worker of a driver; completions arrive on this thread, where the scheduler handl
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
-from collections.abc import Coroutine
+from collections import deque
+from collections.abc import Callable, Coroutine
 from concurrent.futures import Future
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from bndl.wire import ClientSettings, create_session
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -29,6 +33,42 @@ class IoLoop(Protocol):
 
     def spawn(self, coro: Coroutine[Any, Any, Any]) -> None: ...
 
+    def call(self, fn: Callable[[], Any]) -> None: ...
+
+
+class _InOrder:
+    """Calls to make on a loop, in the order they were asked for from any thread.
+
+    A call asked for on the loop's thread runs at once, but only after the calls other threads
+    asked for earlier: a scheduler that dispatches a job's first runs from the caller's thread
+    and the next ones from the loop (on a completion) sends them to the worker in that order,
+    which a worker relies on to run a task queued behind its inputs after them.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, in_loop_thread: Callable[[], bool]):
+        self._loop = loop
+        self._in_loop_thread = in_loop_thread
+        self._calls: deque[Callable[[], Any]] = deque()
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        self._calls.append(fn)  # deque appends and pops are atomic: no lock
+        if self._in_loop_thread():
+            self._run()
+        else:
+            self._loop.call_soon_threadsafe(self._run)
+
+    def _run(self) -> None:
+        calls = self._calls
+        while calls:
+            try:
+                fn = calls.popleft()
+            except IndexError:  # emptied by a call made from one of these calls
+                return
+            try:
+                fn()
+            except Exception:  # one failed call must not hold back the others
+                log.exception("a call on the driver's loop failed")
+
 
 class DriverLoop:
     """A running event loop with the driver's shared client session."""
@@ -40,6 +80,7 @@ class DriverLoop:
         self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         self._thread.start()
         self._started.wait()
+        self._in_order = _InOrder(self.loop, self.in_loop_thread)
         self.session: aiohttp.ClientSession = self.run(self._create_session()).result()
 
     async def _create_session(self) -> aiohttp.ClientSession:
@@ -65,6 +106,11 @@ class DriverLoop:
         else:
             self.loop.call_soon_threadsafe(lambda: _keep(self.loop.create_task(coro)))
 
+    def call(self, fn: Callable[[], Any]) -> None:
+        """Call ``fn`` on the loop, after the calls asked for before it (from any thread): at
+        once when called there and nothing is waiting, else as soon as the loop can."""
+        self._in_order.call(fn)
+
     def close(self, timeout: float = 5.0) -> None:
         """Close the session and stop the loop thread."""
         if not self._thread.is_alive():
@@ -89,6 +135,7 @@ class AttachedLoop:
         self.loop = asyncio.get_running_loop()
         self.session = session
         self._thread_id = threading.get_ident()
+        self._in_order = _InOrder(self.loop, self.in_loop_thread)
 
     def in_loop_thread(self) -> bool:
         return threading.get_ident() == self._thread_id
@@ -102,6 +149,9 @@ class AttachedLoop:
             _keep(self.loop.create_task(coro))
         else:
             self.loop.call_soon_threadsafe(lambda: _keep(self.loop.create_task(coro)))
+
+    def call(self, fn: Callable[[], Any]) -> None:
+        self._in_order.call(fn)
 
 
 _background: set[asyncio.Task[Any]] = set()

@@ -13,8 +13,16 @@ Semantics follow the original ``bndl.execute`` scheduler with its known bugs fix
   worker never waits a round trip for its next task. Workers run their queue in dispatch order,
   so the ``concurrency`` oldest runs on a worker are the running ones. Queued runs are dispatched
   only once every worker's slots are full, and a worker with a free slot and nothing to pick
-  takes (steals) the newest queued run of another worker: the core cancels it there and
-  dispatches it again. A queued run lost with its worker is never charged a worker loss;
+  takes (steals) the newest queued run of another worker: the core asks that worker to take
+  the run back (:class:`Withdraw`) and, once it did, dispatches it again; a run the worker
+  started meanwhile goes on there, so stealing never runs a task twice. A queued run lost with
+  its worker is never charged a worker loss;
+- *pipelining* (with ``ahead`` and ``concurrency`` 1): a task whose missing inputs are all being
+  computed by runs already dispatched to one worker may be queued on that worker behind them
+  (:attr:`TaskSpec.pipeline`), so a chain runs hop after hop on the worker without waiting a
+  round trip through the driver. The worker runs its queue in order, so the inputs are there when
+  the task starts; if one failed, the task reports ``DependenciesFailed`` and waits, uncharged,
+  as any task whose input was lost. Pipelined runs are never stolen;
 - a task that no live worker may run fails the job at once, naming the task;
 - preferred locality never overrides a forbidden worker;
 - a task that failed on a worker prefers another worker for its retry, and falls back to the same
@@ -40,6 +48,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
@@ -60,6 +69,10 @@ _SUCCEEDED = 3  # its output exists on ``holder``
 # How many times one task may report lost dependencies before the job gives up: a bound on
 # livelock (a holder that keeps losing what it computes), far above any honest recovery.
 MAX_DEPENDENCY_FAILURES = 100
+
+# Pipelining: only tasks with at most this many dependencies are queued behind their inputs, and
+# only the dependents of tasks with at most this many dependents are looked at (O(1) per edge).
+PIPELINE_MAX_EDGES = 8
 
 # Data locality: a ready task with at most this many dependencies prefers the workers that hold
 # their outputs (so its inputs need no fetch from a peer), with this weight, below any explicit
@@ -133,6 +146,9 @@ class TaskSpec:
     priority: Any = None  # lower runs first; None means "position in the job"
     attempts: int | None = None  # per-task override of the job's attempts
     max_worker_losses: int | None = None  # per-task override of the job's max_worker_losses
+    pipeline: bool = False
+    """May be queued on a worker behind the runs that compute its inputs (see the module
+    docstring): the shell says so when the worker resolves the task's inputs when it starts."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +163,16 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class Cancel:
     """Stop run ``run`` of ``task`` on ``worker``; its outcome will be ignored."""
+
+    task: TaskId
+    worker: WorkerName
+    run: int
+
+
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Take queued run ``run`` of ``task`` back from ``worker`` if it has not started there: it
+    then ends at once (an event with ``FailureKind.REQUEUE``); a run that started goes on."""
 
     task: TaskId
     worker: WorkerName
@@ -178,7 +204,7 @@ class Cancelled:
     """The job was cancelled by the driver."""
 
 
-Decision: TypeAlias = Dispatch | Cancel | Emit | Finished | Failed | Cancelled
+Decision: TypeAlias = Dispatch | Cancel | Withdraw | Emit | Finished | Failed | Cancelled
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,6 +305,18 @@ class SchedulerCore:
         # Extra waits: a task that reported a lost output of a task that is not its direct
         # dependency waits for that recomputation too.
         self._waiters: dict[int, set[int]] = {}
+
+        # Pipelining: tasks that may be queued behind their inputs, tasks to look at, and tasks
+        # that may be queued on a worker once it has room.
+        self._pipelining = ahead > 0 and concurrency == 1
+        self._pipe_ok = [
+            self._pipelining and t.pipeline and 0 < len(self._deps[i]) <= PIPELINE_MAX_EDGES
+            for i, t in enumerate(tasks)
+        ]
+        self._pipe_new: deque[int] = deque()
+        self._pipe_room: dict[WorkerName, deque[int]] = {}
+        # Stealing: queued runs asked back from their worker, with the worker that wants them.
+        self._withdrawing: dict[int, WorkerName] = {}
 
         self._forbidden: dict[int, set[WorkerName]] = {}
         self._avoid: dict[int, set[WorkerName]] = {}
@@ -445,6 +483,8 @@ class SchedulerCore:
                     waiters.add(i)
                     self._remaining[i] += 1
         self._requeue(i)
+        if self._pipe_ok[i]:
+            self._pipe_new.append(i)  # its inputs may be computed again on one worker
         return self._finish_step(out)
 
     def output_lost(self, task: TaskId) -> list[Decision]:
@@ -539,6 +579,14 @@ class SchedulerCore:
         """The worker that holds the output of a succeeded task (None: not computed here)."""
         return self._holder[self._index[task]]
 
+    def source(self, task: TaskId) -> WorkerName | None:
+        """Where the output of ``task`` is or will be: its holder when it succeeded, the worker
+        it is dispatched to when it runs (the inputs of a pipelined task), else None."""
+        i = self._index[task]
+        if self._state[i] == _RUNNING:
+            return self._running_on[i]
+        return self._holder[i]
+
     def running_on(self, worker: WorkerName) -> list[TaskId]:
         return [self._ids[i] for i in self._running.get(worker, ())]
 
@@ -576,6 +624,7 @@ class SchedulerCore:
         assert worker is not None
         self._running_on[i] = None
         del self._running[worker][i]
+        self._withdrawing.pop(i, None)
         self._running_count -= 1
         self._state[i] = _BLOCKED
         if worker in self._live:
@@ -596,6 +645,8 @@ class SchedulerCore:
             remaining[k] -= 1
             if remaining[k] == 0 and state[k] == _BLOCKED:
                 self._make_ready(k)
+        if self._pipelining:
+            self._pipe_consider(i)
         waiters = self._waiters.pop(i, None)
         if waiters:
             for k in waiters:
@@ -691,7 +742,9 @@ class SchedulerCore:
         if worker not in self._live:
             return
         del self._live[worker]
-        self._idle.discard(worker)
+        # A retry that avoided the remaining workers for this one may run on them now.
+        self._idle.clear()
+        self._pipe_room.pop(worker, None)
         self._pref.pop(worker, None)
         self._restricted.pop(worker, None)
         killer: WorkerKilledByTask | None = None
@@ -792,6 +845,15 @@ class SchedulerCore:
         self._running[worker][i] = None
         self._running_count += 1
         out.append(Dispatch(self._ids[i], worker, self._run[i]))
+        if self._pipelining:
+            self._pipe_consider(i)
+
+    def _pipe_consider(self, i: int) -> None:
+        """The dependents of ``i`` may now be queued behind their inputs: look at them."""
+        dependents = self._dependents[i]
+        if len(dependents) <= PIPELINE_MAX_EDGES:
+            pipe_ok = self._pipe_ok
+            self._pipe_new.extend(k for k in dependents if pipe_ok[k])
 
     def _fill(self, out: list[Decision]) -> None:
         """Fill every worker's free slots, then its queue (``ahead``), then let workers with a
@@ -799,6 +861,8 @@ class SchedulerCore:
         self._fill_to(self.concurrency, out)
         if self.ahead:
             self._queue_ahead(out)
+            if self._pipelining:
+                self._pipeline(out)
             self._steal(out)
 
     def _fill_to(self, limit: int, out: list[Decision]) -> None:
@@ -834,13 +898,74 @@ class SchedulerCore:
                 self._dispatch(i, w, out)
                 placed = True
 
+    def _pipe_target(self, k: int) -> WorkerName | None:
+        """The worker that task ``k`` may be queued on behind its inputs, if any: every input
+        not yet computed is being computed there, and ``k`` waits for nothing else."""
+        if self._state[k] != _BLOCKED:
+            return None
+        state = self._state
+        target = None
+        pending = 0
+        for j in self._deps[k]:
+            s = state[j]
+            if s == _SUCCEEDED:
+                holder = self._holder[j]
+                if holder is not None and holder not in self._live:
+                    return None
+            elif s == _RUNNING:
+                w = self._running_on[j]
+                if target is None:
+                    target = w
+                elif w != target:
+                    return None
+                pending += 1
+            else:
+                return None
+        if target is None or pending != self._remaining[k] or not self._eligible(k, target):
+            return None
+        return target
+
+    def _pipeline(self, out: list[Decision]) -> None:
+        """Queue tasks behind the runs that compute their inputs, where the queue has room."""
+        limit = self.concurrency + self.ahead
+        running = self._running
+        for w, waiting in self._pipe_room.items():
+            while waiting and len(running[w]) < limit:
+                k = waiting.popleft()
+                if self._pipe_target(k) == w:
+                    self._start_run(k, w, out)
+        new = self._pipe_new
+        while new:
+            k = new.popleft()
+            target = self._pipe_target(k)
+            if target is None:
+                continue
+            if len(running[target]) < limit:
+                self._start_run(k, target, out)
+            else:
+                self._pipe_room.setdefault(target, deque()).append(k)
+
+    def _pipelined(self, i: int) -> bool:
+        """Whether run ``i`` waits on its worker for inputs still being computed, or has such
+        runs waiting behind it."""
+        if self._remaining[i]:
+            return True
+        dependents = self._dependents[i]
+        if len(dependents) > PIPELINE_MAX_EDGES:
+            return False
+        return any(self._state[k] == _RUNNING and self._remaining[k] for k in dependents)
+
     def _steal(self, out: list[Decision]) -> None:
-        """Move queued runs to workers with free slots: the newest queued run of the worker
-        with the longest queue that may run there, cancelled on its worker and dispatched again."""
+        """Move queued runs to workers with free slots: ask for the newest queued run of the
+        worker with the longest queue that may run there back; it runs on the first worker with
+        a free slot once its worker gave it back (the run's outcome, a requeue)."""
         concurrency = self.concurrency
+        wanted: dict[WorkerName, int] = {}
+        for thief in self._withdrawing.values():
+            wanted[thief] = wanted.get(thief, 0) + 1
         for w in self._live:
             runs = self._running[w]
-            while len(runs) < concurrency:
+            while len(runs) + wanted.get(w, 0) < concurrency:
                 victim = None
                 longest = concurrency
                 for v, queue in self._running.items():
@@ -851,15 +976,18 @@ class SchedulerCore:
                 i = self._newest_eligible(victim, w)
                 if i is None:
                     break
-                out.append(Cancel(self._ids[i], victim, self._run[i]))
-                self._stop_run(i)
-                self._start_run(i, w, out)
+                out.append(Withdraw(self._ids[i], victim, self._run[i]))
+                self._withdrawing[i] = w
+                wanted[w] = wanted.get(w, 0) + 1
 
     def _newest_eligible(self, victim: WorkerName, worker: WorkerName) -> int | None:
-        """The newest queued run on ``victim`` that may run on ``worker``."""
+        """The newest queued run on ``victim`` that may run on ``worker`` and is not asked back
+        already (nor waits there for inputs, or has runs waiting behind it for its output)."""
         queue = list(self._running[victim])[self.concurrency :]
         for i in reversed(queue):
-            if self._eligible(i, worker):
+            if i in self._withdrawing or not self._eligible(i, worker):
+                continue
+            if not (self._pipelining and self._pipelined(i)):
                 return i
         return None
 

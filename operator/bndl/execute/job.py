@@ -240,6 +240,10 @@ class Task:
     def stop_run(self) -> None:
         """Stop the current run, if any, without cancelling the task (best effort)."""
 
+    def withdraw_run(self) -> None:
+        """Take the current run back from its worker's queue if it has not started there (it
+        then ends with ``TaskCancelled``); a run that started goes on. Best effort."""
+
     def release(self) -> None:
         """Drop references to other tasks after the job, keeping the result."""
         self.dependencies = set()
@@ -422,6 +426,11 @@ class RmiTask(Task):
     def stop_run(self) -> None:
         if self.pending and self._worker is not None:
             self._worker.cancel(self.run_key)
+
+    def withdraw_run(self) -> None:
+        withdraw = getattr(self._worker, "withdraw", None)
+        if self.pending and callable(withdraw):
+            withdraw(self.run_key)
 
     def release(self) -> None:
         super().release()

@@ -16,8 +16,11 @@ knows (``RunNotFound``) is re-run, uncharged.
 Dispatch ahead: with ``ahead`` each worker gets up to that many runs beyond its ``concurrency``
 slots, queued on the worker, so it starts its next task without waiting a round trip for it.
 The worker keeps the limit: every run of the job is sent in the job's :class:`Lane`, of
-``concurrency`` slots. By default ``ahead`` is ``concurrency`` when every worker keeps lanes
-(:func:`~bndl.execute.workers.queues_ahead`), else 0.
+``concurrency`` slots. By default ``ahead`` is :data:`DEFAULT_AHEAD` (or ``concurrency`` when
+that is more) when every worker keeps lanes (:func:`~bndl.execute.workers.queues_ahead`), else 0.
+With one slot per worker, a task may also be queued behind the runs computing its inputs when
+every worker resolves inputs as a task starts (:func:`~bndl.execute.workers.pipelines`; see
+"pipelining" in :mod:`bndl.execute.core`).
 
 When a task is charged ``max_worker_losses`` lost workers the job fails with
 :class:`WorkerKilledByTask`; the shell then asks those workers why they were lost (an optional
@@ -41,7 +44,7 @@ from bndl.execute import core
 from bndl.execute.core import FailureKind, SchedulingError, TaskIds, WorkerKilledByTask
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
 from bndl.execute.job import RmiTask, Task, parse_run_key, task_keys
-from bndl.execute.workers import Lane, Worker, queues_ahead
+from bndl.execute.workers import Lane, Worker, pipelines, queues_ahead
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,12 @@ __all__ = [
     "parse_run_key",
     "root_exc",
 ]
+
+DEFAULT_AHEAD = 16
+"""Runs queued on each worker by default: enough to cover a round trip from the worker through
+the driver and back for tasks of some tens of microseconds (``bench/dispatch.py``: 8 gave
+0.6 of the throughput of 16 on trivial tasks; longer tasks need fewer). Stealing moves queued
+runs to workers that would otherwise idle, so a deep queue does not unbalance a job."""
 
 # Seconds the shell waits, in all, for lost workers to say why they were lost.
 LOSS_CAUSE_TIMEOUT = 2.0
@@ -148,10 +157,11 @@ class Scheduler:
         held, running = self._adopt(adopted or {})
         if ahead is None:
             lanes = bool(self._workers) and all(map(queues_ahead, self._workers.values()))
-            ahead = concurrency if lanes else 0
+            ahead = max(concurrency, DEFAULT_AHEAD) if lanes else 0
         self.lane = Lane(self.job_key, concurrency) if ahead else None
+        pipeline = bool(self._workers) and all(map(pipelines, self._workers.values()))
         self._core = core.SchedulerCore(
-            self._specs(),
+            self._specs(pipeline),
             list(self._workers),
             concurrency=concurrency,
             attempts=attempts,
@@ -191,7 +201,10 @@ class Scheduler:
                 held[tid] = a.worker
         return held, running
 
-    def _specs(self) -> list[core.TaskSpec]:
+    def _specs(self, pipeline: bool) -> list[core.TaskSpec]:
+        """The core's view of the tasks. With ``pipeline`` (every worker resolves inputs when a
+        task starts), a task run on a worker whose inputs are all results of such tasks may be
+        queued behind the runs computing them."""
         specs = []
         for t in self.tasks:
             deps = []
@@ -203,7 +216,14 @@ class Scheduler:
                         f"{t!r} depends on {d!r}, which is not part of the job and has not "
                         "succeeded: add it to the job"
                     )
-            specs.append(core.TaskSpec(t.id, deps, t.priority, t.max_attempts, t.max_worker_losses))
+            queued_behind = pipeline and isinstance(t, RmiTask)
+            if queued_behind:
+                queued_behind = all(isinstance(d, RmiTask) for d in t.dependencies)
+            specs.append(
+                core.TaskSpec(
+                    t.id, deps, t.priority, t.max_attempts, t.max_worker_losses, queued_behind
+                )
+            )
         return specs
 
     def _locality(self, workers: list[Worker]) -> dict[Hashable, dict[str, float]]:
@@ -260,7 +280,8 @@ class Scheduler:
         return self.lane if self.lane is not None and queues_ahead(worker) else None
 
     def holder_of(self, task: Task) -> Worker | None:
-        name = self._core.holder(task.id)
+        """The worker that holds the output of ``task``, or will (it runs there)."""
+        name = self._core.source(task.id)
         return self._workers.get(name) if name is not None else None
 
     def counts(self) -> core.Counts:
@@ -319,6 +340,8 @@ class Scheduler:
                 self._done(self._tasks[d.task])  # type: ignore[union-attr]
             elif kind is core.Cancel:
                 self._tasks[d.task].stop_run()  # type: ignore[union-attr]
+            elif kind is core.Withdraw:
+                self._tasks[d.task].withdraw_run()  # type: ignore[union-attr]
             elif kind is core.Finished:
                 self._close(None)
             elif kind is core.Failed:

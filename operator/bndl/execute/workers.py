@@ -37,6 +37,13 @@ def queues_ahead(worker: object) -> bool:
     return getattr(worker, "queues_ahead", False) is True
 
 
+def pipelines(worker: object) -> bool:
+    """Whether ``worker`` resolves a task's inputs when the task starts, not when it is sent
+    (a ``pipelines = True`` attribute says so): a task may then be queued on it behind the runs
+    that compute its inputs (see :mod:`bndl.execute.core`)."""
+    return getattr(worker, "pipelines", False) is True
+
+
 @runtime_checkable
 class Worker(Protocol):
     """A place where tasks run. Methods must not block (except :meth:`call`)."""
@@ -231,6 +238,16 @@ class ThreadWorker:
                     del self._lanes[lane]
                 return
         start()
+
+    def withdraw(self, key: str) -> None:
+        """Take run ``key`` out of its lane's queue if it waits there (it then fails with
+        ``TaskCancelled``); a run that started goes on."""
+        with self._lock:
+            for queue in self._lanes.values():
+                waiting = queue.waiting.pop(key, None)
+                if waiting is not None:
+                    waiting[1].set_exception(TaskCancelled(f"{key} was withdrawn"))
+                    return
 
     def cancel(self, key: str) -> None:
         with self._lock:

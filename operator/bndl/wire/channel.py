@@ -7,18 +7,23 @@ one message, so a scheduler that dispatches many tasks at once pays for one writ
 no HTTP request per task. Frames on one connection arrive in the order they were sent: a cancel
 can never overtake the run it cancels.
 
+Completions are handed to a callback per run (:meth:`Channel.submit`), straight from the reader:
+no task, queue or generator per run, so the driver's cost per task stays small.
+(:meth:`bndl.wire.client.WorkerClient.run` wraps the same in an async generator.)
+
 Loss detection is as before: when the connection breaks, every run waiting on it fails with
 ``NotConnected``; when runs are waiting and no frame (completion or heartbeat) arrives within
 ``heartbeat_timeout``, they fail with ``NotConnected(timed_out=True)`` and the connection is
-dropped. The next ``run`` opens a new connection. A worker keeps the runs of a channel that went
-away as orphans, for a new driver to attach to (see :mod:`bndl.worker.runner`).
+dropped (a watchdog looks a few times per ``heartbeat_timeout``, not a timer per message). The
+next run opens a new connection. A worker keeps the runs of a channel that went away as orphans,
+for a new driver to attach to (see :mod:`bndl.worker.runner`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import aiohttp
@@ -33,11 +38,17 @@ log = logging.getLogger(__name__)
 PATH = "/v1/channel"
 RUN = "run"
 CANCEL = "cancel"
+WITHDRAW = "withdraw"
 MOVED = "moved"
 
 Connect = Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]]
 Encoded = tuple[TaskItem, bytes]
 Outcome = Completion | BaseException
+Deliver = Callable[[Outcome], None]
+"""Receives the outcome of one run: its completion, or the error that lost it (called once)."""
+
+# How many times per heartbeat timeout the watchdog looks for a silent connection.
+_WATCHDOG_CHECKS = 4
 
 
 def run_message(batch: Sequence[Encoded]) -> bytes:
@@ -56,40 +67,44 @@ class Channel:
         self.heartbeat_timeout = heartbeat_timeout
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._reader: asyncio.Task[None] | None = None
-        self._routes: dict[str, asyncio.Queue[Outcome]] = {}
+        self._routes: dict[str, Deliver] = {}
         self._outgoing: list[bytes] = []
         self._pending_runs: list[Encoded] = []
         self._scheduled = False
         self._lock = asyncio.Lock()  # one sender at a time: messages keep their order
         self._sending: set[asyncio.Task[None]] = set()
+        self._last_frame = 0.0  # loop time of the last frame received
+        self._watchdog: asyncio.TimerHandle | None = None
 
-    async def run(self, encoded: Sequence[Encoded]) -> AsyncGenerator[Completion, None]:
-        """The completions of ``encoded`` (keys unique among waiting runs), as they arrive."""
-        outcomes: asyncio.Queue[Outcome] = asyncio.Queue()
+    def submit(self, encoded: Sequence[Encoded], deliver: Deliver) -> None:
+        """Send runs; ``deliver`` gets each one's outcome (keys unique among waiting runs),
+        called on the event loop. Call on the event loop."""
+        routes = self._routes
         for item, _ in encoded:
-            if item.key in self._routes:
+            if item.key in routes:
                 raise ValueError(f"task key {item.key!r} is already running on this channel")
-        for item, blob in encoded:
-            self._routes[item.key] = outcomes
-            self._pending_runs.append((item, blob))
+        for item, _ in encoded:
+            routes[item.key] = deliver
+        self._pending_runs.extend(encoded)
         self._schedule()
-        remaining = {item.key for item, _ in encoded}
-        try:
-            while remaining:
-                outcome = await outcomes.get()
-                if isinstance(outcome, BaseException):
-                    raise outcome
-                remaining.discard(outcome.key)
-                yield outcome
-        finally:
-            for key in remaining:  # left early: later outcomes of these runs go nowhere
-                if self._routes.get(key) is outcomes:
-                    del self._routes[key]
+
+    def forget(self, keys: Sequence[str], deliver: Deliver) -> None:
+        """Stop delivering outcomes of ``keys`` to ``deliver`` (the runs go on)."""
+        for key in keys:
+            if self._routes.get(key) is deliver:
+                del self._routes[key]
 
     def cancel(self, keys: Sequence[str]) -> None:
         """Send a cancel of ``keys`` after every run sent before it (fire and forget)."""
+        self._send_keys(CANCEL, keys)
+
+    def withdraw(self, keys: Sequence[str]) -> None:
+        """Ask for ``keys`` back if they wait for a slot, after every run sent before it."""
+        self._send_keys(WITHDRAW, keys)
+
+    def _send_keys(self, kind: str, keys: Sequence[str]) -> None:
         self._flush_runs()
-        self._outgoing.append(frames.encode((CANCEL, list(keys))))
+        self._outgoing.append(frames.encode((kind, list(keys))))
         self._schedule()
 
     async def close(self) -> None:
@@ -101,6 +116,8 @@ class Channel:
         if reader is not None:
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
@@ -144,40 +161,55 @@ class Channel:
         ws = self._ws
         if ws is None or ws.closed:
             ws = self._ws = await self._connect()
+            self._last_frame = asyncio.get_running_loop().time()
             self._reader = asyncio.ensure_future(self._read(ws))
+            self._watch(ws)
         return ws
 
     # --- receiving -----------------------------------------------------------------------------
 
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         decoder = frames.FrameDecoder()
+        loop = asyncio.get_running_loop()
+        routes = self._routes
         try:
             while True:
-                try:
-                    message = await ws.receive(timeout=self.heartbeat_timeout)
-                except TimeoutError as e:
-                    if not self._routes:
-                        continue  # nothing waits: an idle channel may be quiet
-                    raise e
+                message = await ws.receive()
                 if message.type != aiohttp.WSMsgType.BINARY:
                     raise ConnectionResetError(f"channel closed ({message.type.name})")
+                self._last_frame = loop.time()
+                routes = self._routes
                 for frame in decoder.feed(message.data):
                     if frame[0] == DONE:
                         _, key, ok, blob = frame
-                        outcomes = self._routes.pop(key, None)
-                        if outcomes is not None:
-                            outcomes.put_nowait(decode_outcome(key, ok, blob))
+                        deliver = routes.pop(key, None)
+                        if deliver is not None:
+                            deliver(decode_outcome(key, ok, blob))
                     elif frame[0] == MOVED:
-                        outcomes = self._routes.pop(frame[1], None)
-                        if outcomes is not None:
+                        deliver = routes.pop(frame[1], None)
+                        if deliver is not None:
                             reason = f"run {frame[1]} was taken over by another driver"
-                            outcomes.put_nowait(NotConnected(self.name, reason))
+                            deliver(NotConnected(self.name, reason))
         except asyncio.CancelledError:
             raise
         except frames.FrameError as e:
             self._lost(ProtocolError(f"undecodable frame on the channel: {e}", self.name), ws)
         except Exception as e:
             self._lost(not_connected(self.name, e), ws)
+
+    def _watch(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        """Check now and then that a connection with runs waiting is not silent for longer
+        than ``heartbeat_timeout`` (the worker sends heartbeats while it runs anything)."""
+        if ws is not self._ws:
+            return  # replaced or lost: its watchdog ends
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._last_frame
+        if self._routes and silent > self.heartbeat_timeout:
+            error = TimeoutError(f"no frame for {silent:.1f} s")
+            self._lost(not_connected(self.name, error), ws)
+            return
+        interval = self.heartbeat_timeout / _WATCHDOG_CHECKS
+        self._watchdog = loop.call_later(interval, self._watch, ws)
 
     def _lost(
         self, error: BaseException, ws: aiohttp.ClientWebSocketResponse | None = None
@@ -194,8 +226,8 @@ class Channel:
 
     def _fail(self, error: BaseException) -> None:
         routes, self._routes = self._routes, {}
-        for outcomes in {id(q): q for q in routes.values()}.values():
-            outcomes.put_nowait(error)
+        for deliver in routes.values():
+            deliver(error)
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:

@@ -35,7 +35,7 @@ from yarl import URL
 
 from bndl.wire import frames
 from bndl.wire.channel import PATH as CHANNEL_PATH
-from bndl.wire.channel import Channel
+from bndl.wire.channel import Channel, Deliver
 from bndl.wire.errors import (
     TRANSPORT_ERRORS,
     ProtocolError,
@@ -198,15 +198,13 @@ class WorkerClient:
 
     # --- tasks -------------------------------------------------------------------------------
 
-    async def run(self, items: Sequence[TaskItem]) -> AsyncIterator[Completion]:
-        """Run tasks on the worker and yield their completions as they finish.
+    def submit(self, items: Sequence[TaskItem], deliver: Deliver) -> None:
+        """Run tasks on the worker; ``deliver`` receives each one's :class:`Completion` (or the
+        error that lost it: ``NotConnected``, a refusal) on the event loop, once per task.
 
-        Tasks whose function or arguments cannot be pickled complete at once with the error.
-        All calls share the client's one connection to the worker (:mod:`bndl.wire.channel`);
-        those made in the same event-loop iteration go out as one message. Raises ``NotConnected``
-        when the worker cannot be reached, the stream breaks, or no frame (result or heartbeat)
-        arrives within ``heartbeat_timeout``. Leaving the iteration early does not stop the
-        tasks: use :meth:`cancel`.
+        The cheap form of :meth:`run`, for the driver: no task or generator per run. Call on the
+        event loop. Tasks whose function or arguments cannot be pickled complete (soon, not
+        during this call) with the error.
         """
         encoded: list[tuple[TaskItem, bytes]] = []
         keys: set[str] = set()
@@ -221,10 +219,33 @@ class WorkerClient:
                     f"task {item.key} could not be pickled: {type(e).__name__}: {e}"
                 )
                 error.__cause__ = e
-                yield Completion(item.key, False, error)
+                asyncio.get_running_loop().call_soon(deliver, Completion(item.key, False, error))
         if encoded:
-            async for completion in self._channel.run(encoded):
-                yield completion
+            self._channel.submit(encoded, deliver)
+
+    async def run(self, items: Sequence[TaskItem]) -> AsyncIterator[Completion]:
+        """Run tasks on the worker and yield their completions as they finish.
+
+        Tasks whose function or arguments cannot be pickled complete at once with the error.
+        All calls share the client's one connection to the worker (:mod:`bndl.wire.channel`);
+        those made in the same event-loop iteration go out as one message. Raises ``NotConnected``
+        when the worker cannot be reached, the stream breaks, or no frame (result or heartbeat)
+        arrives within ``heartbeat_timeout``. Leaving the iteration early does not stop the
+        tasks: use :meth:`cancel`.
+        """
+        outcomes: asyncio.Queue[Completion | BaseException] = asyncio.Queue()
+        deliver = outcomes.put_nowait
+        remaining = {item.key for item in items}
+        self.submit(items, deliver)
+        try:
+            while remaining:
+                outcome = await outcomes.get()
+                if isinstance(outcome, BaseException):
+                    raise outcome
+                remaining.discard(outcome.key)
+                yield outcome
+        finally:
+            self._channel.forget(list(remaining), deliver)
 
     async def close(self) -> None:
         """Close this client's channel; its runs go on as orphans on the worker (the shared
@@ -235,6 +256,11 @@ class WorkerClient:
         """Cancel runs through the channel, after the runs sent before (no answer): unlike
         :meth:`cancel`, it can never overtake the run it cancels."""
         self._channel.cancel(keys)
+
+    def withdraw_soon(self, keys: Sequence[str]) -> None:
+        """Take runs back through the channel if they still wait for a slot on the worker (they
+        end with ``TaskCancelled``); runs that started go on. No answer."""
+        self._channel.withdraw(keys)
 
     async def _open_channel(self) -> aiohttp.ClientWebSocketResponse:
         # A stopped worker's kernel still accepts connections: bound the handshake too.

@@ -52,6 +52,9 @@ HEARTBEAT_FRAME = frames.encode(("heartbeat",))
 MOVED = channel.MOVED
 """A channel frame ``("moved", key)``: run ``key`` was taken over by another driver (attach)."""
 
+_REF_NAME = RemoteRef.__name__.encode()
+"""A pickled RemoteRef names its class: a task blob without the name holds no refs."""
+
 _CANCEL_POLL = 0.1
 """Seconds between checks for a cancel while a task thread waits for its inputs."""
 
@@ -130,7 +133,8 @@ class TaskJob(Job):
         # ended in done(), which no interrupt reaches: a thread never keeps a stale capture
         tasklogs.begin(self.runner.logs.open(self.task.key))
         fn, args, kwargs = self.task.decode()
-        args, kwargs = self.runner.resolve(args, kwargs, self)
+        if _REF_NAME in self.task.blob:  # else no RemoteRef was pickled: nothing to resolve
+            args, kwargs = self.runner.resolve(args, kwargs, self)
         with running_on(self.runner.info):
             return fn(*args, **kwargs)
 
@@ -359,6 +363,19 @@ class TaskRunner:
                 self._cancel_job(job)
                 interrupted.append(key)
         return interrupted, remembered
+
+    def withdraw(self, keys: Iterable[str]) -> list[str]:
+        """Take back runs that wait for a slot of their lane (each ends with ``TaskCancelled``);
+        runs that started, or are unknown, are left alone. Returns the keys taken back."""
+        taken = []
+        for key in keys:
+            job = self.running.get(key)
+            if job is not None and self.lanes.withdraw(job.task):
+                job.cancelled = True
+                error = TaskCancelled(f"task {key} was withdrawn before it started")
+                self.finished(job, _failure_frame(key, error))
+                taken.append(key)
+        return taken
 
     def cancel_all(self) -> None:
         for job in list(self.running.values()):

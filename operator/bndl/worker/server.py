@@ -36,7 +36,7 @@ import cloudpickle
 from aiohttp import web
 
 from bndl.wire import frames
-from bndl.wire.channel import CANCEL, RUN
+from bndl.wire.channel import CANCEL, RUN, WITHDRAW
 from bndl.wire.channel import PATH as channel_path
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.tasks import decode_items, decode_run, encode_results
@@ -255,22 +255,38 @@ def _channel_frame(runner: TaskRunner, stream: Stream, frame: Any) -> None:
     kind, payload = frame
     if kind == RUN:
         runner.start(decode_items(payload), stream)
-    elif kind == CANCEL:
+    elif kind in (CANCEL, WITHDRAW):
         if not isinstance(payload, list) or not all(isinstance(k, str) for k in payload):
-            raise ValueError("a cancel frame carries a list of keys")
+            raise ValueError(f"a {kind} frame carries a list of keys")
         runner.expire()
-        runner.cancel(payload)
+        if kind == CANCEL:
+            runner.cancel(payload)
+        else:
+            runner.withdraw(payload)
     else:
         raise ValueError(f"unknown channel frame {kind!r}")
 
 
 async def _write_channel(ws: web.WebSocketResponse, stream: Stream, interval: float) -> None:
-    """Completion frames as they are ready, a heartbeat when ``interval`` passed without one."""
-    with contextlib.suppress(ConnectionError):
-        while not ws.closed:
-            await stream.wait(interval)
-            await ws.send_bytes(stream.take() or HEARTBEAT_FRAME)
-            stream.written()
+    """Completion frames as they are ready (those ready together in one message), and a
+    heartbeat every ``interval`` seconds (from a timer, not a timeout per write)."""
+    loop = asyncio.get_running_loop()
+    beat: asyncio.TimerHandle | None = None
+
+    def heartbeat() -> None:
+        nonlocal beat
+        stream.event.set()  # the writer sends what is ready, or a heartbeat
+        beat = loop.call_later(interval, heartbeat)
+
+    beat = loop.call_later(interval, heartbeat)
+    try:
+        with contextlib.suppress(ConnectionError):
+            while not ws.closed:
+                await stream.event.wait()
+                await ws.send_bytes(stream.take() or HEARTBEAT_FRAME)
+                stream.written()
+    finally:
+        beat.cancel()
 
 
 async def cancel(request: web.Request) -> web.Response:
