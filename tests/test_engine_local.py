@@ -22,7 +22,7 @@ from bndl.execute.scheduler import Adopted, Scheduler
 from bndl.local import LocalCluster
 from bndl.local.cluster import exit_cause
 from bndl.wire import WorkerClient
-from tests.waiting import wait_until
+from tests.helpers.waiting import wait_for_file, wait_until
 
 
 def kill_my_worker(code: int) -> None:
@@ -131,11 +131,7 @@ def test_intermediate_results_stay_on_workers_and_are_fetched_on_demand(tmp_path
 
 
 def wait_then_double(go: str, x: int) -> int:
-    deadline = time.monotonic() + 60
-    while not os.path.exists(go):
-        if time.monotonic() > deadline:
-            raise TimeoutError(go)
-        time.sleep(0.01)
+    wait_for_file(go)
     return 2 * x
 
 

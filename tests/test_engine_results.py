@@ -14,7 +14,7 @@ from bndl.execute.scheduler import Scheduler
 from bndl.execute.workers import ThreadWorker
 from bndl.jobs import build_job
 from bndl.manifest import plan_job
-from tests.waiting import wait_until
+from tests.helpers.waiting import wait_until
 
 
 class RecordingWorker(ThreadWorker):

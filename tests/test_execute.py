@@ -15,7 +15,7 @@ from bndl.execute.core import SchedulingError
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 from bndl.execute.job import Job, ResultOf, RmiTask, Task
 from bndl.execute.workers import ThreadWorker, Worker
-from tests.waiting import wait_until
+from tests.helpers.waiting import wait_until
 
 
 def make_ctx(n: int = 2, **config: Any) -> ExecutionContext:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import io
 import subprocess
 import sys
@@ -193,7 +194,16 @@ def test_wait_times_out_and_a_missing_job_is_not_found() -> None:
 # --- the subcommands ----------------------------------------------------------------------------
 
 
-def test_submit_watch_shows_progress_and_results_and_exits_0(tmp_path: Path) -> None:
+@pytest.fixture
+def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``submit --watch`` reads the status every 10 ms, not every second: the fake API answers
+    at once, and each status it holds is read once whatever the interval."""
+    monkeypatch.setattr(client, "watch", functools.partial(client.watch, poll=0.01))
+
+
+def test_submit_watch_shows_progress_and_results_and_exits_0(
+    tmp_path: Path, quick_polls: None
+) -> None:
     api = FakeApi()
     done = status("Succeeded", 3, results={"total": 14, "top": ["a", 2]})
     api.statuses = [{}, status("Running", 1), done]

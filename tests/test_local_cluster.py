@@ -7,7 +7,6 @@ import operator
 import os
 import signal
 import threading
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,16 +20,7 @@ from bndl.execute.workers import Worker
 from bndl.local import LocalCluster
 from bndl.local.cluster import WorkerProcess
 from bndl.wire import ClientSettings
-from tests.waiting import wait_until
-
-
-def wait_for_file(path: str, timeout: float = 60.0) -> None:
-    """Runs on a worker: block until the test creates ``path``."""
-    deadline = time.monotonic() + timeout
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
+from tests.helpers.waiting import wait_for_file, wait_until
 
 
 def value_of(i: int) -> int:

@@ -94,6 +94,7 @@ def test_make_unit_is_lint_and_the_tests_without_the_cluster_marker() -> None:
     lines = make_dry_run("unit")
     pytest_lines = [line for line in lines if "-m pytest" in line]
     assert pytest_lines == [pytest_lines[0]] and '-m "not cluster"' in pytest_lines[0], lines
+    assert "-n auto --dist loadfile" in pytest_lines[0], "the fast tier runs on every core"
     for tool in ("ruff check .", "ruff format --check .", "mypy", "lint-imports"):
         assert tool in lines, f"make unit does not run {tool!r}: {lines}"
     assert not any("build.sh" in line or "pip install" in line for line in lines), lines

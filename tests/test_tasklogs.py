@@ -21,8 +21,8 @@ import pytest
 from bndl.wire import NotFound, TaskItem, WorkerClient
 from bndl.worker import READY_PREFIX, parse_ready_line
 from bndl.worker.tasklogs import FAILURE_TAIL, TaskLogs
+from tests.helpers.waiting import wait_until
 from tests.test_worker_harness import WorkerProcess, client, read_line, run, worker_env
-from tests.waiting import wait_until
 
 # --- tasks (run on the worker, imported from this module) ---------------------------------------
 

@@ -80,6 +80,10 @@ def without_certificate() -> ssl.SSLContext:
 def worker() -> Iterator[WorkerProcess]:
     # small limits, so that "far beyond them" stays cheap for the test
     with running_worker("w-attacked", "--max-handshakes", "32", "--max-connections", "64") as w:
+        # One member's run first: the worker imports this module (the task's) and its own run
+        # path now, so that a test's memory baseline does not depend on which test ran first.
+        with tempfile.TemporaryDirectory() as scratch:
+            run(lambda: legitimate(w, Path(scratch) / "warm", "warm-up"))
         yield w
 
 

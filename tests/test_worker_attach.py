@@ -26,19 +26,17 @@ from bndl.wire import (
     WorkerClient,
     create_session,
 )
-from tests.test_worker_faults import wait_for_file
+from tests.helpers.waiting import wait_for_file, wait_until, wait_until_async
 from tests.test_worker_harness import (
     TLS,
     WorkerProcess,
     client,
-    eventually,
     run,
     running_on,
     running_worker,
 )
 from tests.test_worker_peers import dead_url
 from tests.test_worker_tasks import busy
-from tests.waiting import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +68,7 @@ async def start_and_go_away(worker: WorkerProcess, items: list[TaskItem]) -> Non
         stream = gone.run(items)
         consumer = asyncio.ensure_future(stream.__anext__())
         for item in items:
-            await eventually(_running(gone, item.key), what=f"{item.key} runs")
+            await wait_until_async(_running(gone, item.key), what=f"{item.key} runs")
         consumer.cancel()
         await asyncio.gather(consumer, return_exceptions=True)
     finally:
@@ -79,7 +77,9 @@ async def start_and_go_away(worker: WorkerProcess, items: list[TaskItem]) -> Non
     async with create_session() as fresh:
         watcher = WorkerClient(worker.name, worker.url, TLS, fresh)
         keys = {item.key for item in items}
-        await eventually(lambda: _all_orphaned(watcher, keys), what="the runs to become orphans")
+        await wait_until_async(
+            lambda: _all_orphaned(watcher, keys), what="the runs to become orphans"
+        )
 
 
 async def _all_orphaned(c: WorkerClient, keys: set[str]) -> bool:
@@ -111,7 +111,7 @@ def test_orphans_keep_running_and_a_new_client_adopts_them(
             assert await held_now(c) == ([], ["o/early", "o/late"], [])
             early.touch()
             # its stream is gone: the completion is kept for an attach, the other task runs on
-            await eventually(
+            await wait_until_async(
                 lambda: _equals(held_now(c), (["o/early"], ["o/late"], ["o/early"])),
                 what="o/early to finish as an orphan",
             )
@@ -143,7 +143,7 @@ def test_attach_moves_a_task_from_a_live_stream(worker: WorkerProcess, tmp_path:
         async with client(worker) as old, client(worker) as new:
             stream = old.run([TaskItem("m/task", wait_for_file, (str(gate),))])
             waiting = asyncio.ensure_future(first(stream))
-            await eventually(lambda: running_on(old, "m/task"))
+            await wait_until_async(lambda: running_on(old, "m/task"))
             adopted = asyncio.ensure_future(first(new.attach(["m/task"])))
             # the old driver no longer waits for it: it is told the run was taken over
             with pytest.raises(NotConnected, match="taken over by another driver"):
@@ -164,19 +164,15 @@ def test_an_orphan_past_its_grace_period_is_cancelled(tmp_path: Path) -> None:
                 w, [TaskItem("g/spin", spin_until_cancelled, (str(started), str(cancelled)))]
             )
             async with client(w) as c:
-                await eventually(
-                    lambda: _true(cancelled.exists()), timeout=15, what="the orphan's cancel"
+                await wait_until_async(
+                    lambda: cancelled.exists(), timeout=15, what="the orphan's cancel"
                 )
-                await eventually(lambda: _equals(held_now(c), ([], [], [])))
+                await wait_until_async(lambda: _equals(held_now(c), ([], [], [])))
                 (done,) = [c async for c in c.attach(["g/spin"])]
                 assert isinstance(done.error, RunNotFound)
                 assert "g/spin" in str(done.error) and "w-grace" in str(done.error)
 
         run(check)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_attach_to_an_unknown_key_is_run_not_found(worker: WorkerProcess) -> None:

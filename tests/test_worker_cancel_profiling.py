@@ -14,7 +14,7 @@ from pathlib import Path
 from bndl.driver import HttpWorker
 from bndl.execute.job import Job, RmiTask
 from bndl.local import LocalCluster
-from tests.waiting import wait_until
+from tests.helpers.waiting import wait_until
 
 
 def spin_forever(started: str) -> None:

@@ -12,19 +12,16 @@ import pytest
 
 from bndl.execute.exceptions import NotConnected
 from bndl.wire import ClientSettings, TaskItem, WorkerClient, create_session
-from tests.test_worker_harness import TLS, client, eventually, run, running_on, running_worker
+from tests.helpers.waiting import wait_for_file, wait_until_async
+from tests.test_worker_harness import TLS, client, run, running_on, running_worker
 from tests.test_worker_peers import dead_url
-
-
-def wait_for_file(path: str) -> str:
-    while not os.path.exists(path):
-        time.sleep(0.01)
-    return "released"
 
 
 def test_heartbeats_keep_a_long_task_alive(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    settings = ClientSettings(heartbeat_timeout=0.5)
+    # Heartbeats 15 times a timeout: a machine saturated by parallel tests may hold a process
+    # back for a few hundred ms, never for the whole timeout.
+    settings = ClientSettings(heartbeat_timeout=1.5)
     with running_worker("w-slow", "--heartbeat-interval", "0.1") as w:
 
         async def check() -> None:
@@ -32,11 +29,11 @@ def test_heartbeats_keep_a_long_task_alive(tmp_path: Path) -> None:
                 consume = asyncio.ensure_future(
                     _collect(c.run([TaskItem("slow", wait_for_file, (str(gate),))]))
                 )
-                await eventually(lambda: running_on(c, "slow"))
+                await wait_until_async(lambda: running_on(c, "slow"))
                 started = time.monotonic()
-                await asyncio.wait([consume], timeout=4 * settings.heartbeat_timeout)
+                await asyncio.wait([consume], timeout=2 * settings.heartbeat_timeout)
                 assert not consume.done(), consume  # still waiting: heartbeats kept it going
-                assert time.monotonic() - started >= 4 * settings.heartbeat_timeout
+                assert time.monotonic() - started >= 2 * settings.heartbeat_timeout
                 gate.write_text("go")
                 (completion,) = await consume
                 assert completion.value == "released"
@@ -49,7 +46,9 @@ async def _collect(stream: object) -> list[object]:
 
 
 def test_a_stopped_worker_is_detected_by_the_heartbeat_timeout(tmp_path: Path) -> None:
-    settings = ClientSettings(heartbeat_timeout=1.0)
+    # a stopped process still completes TCP handshakes (the kernel does), never TLS ones: a new
+    # request to it fails after the connect timeout
+    settings = ClientSettings(heartbeat_timeout=1.0, connect_timeout=1.0)
     with running_worker("w-stopped", "--heartbeat-interval", "0.1") as w:
 
         async def check() -> None:
@@ -57,7 +56,7 @@ def test_a_stopped_worker_is_detected_by_the_heartbeat_timeout(tmp_path: Path) -
                 consume = asyncio.ensure_future(
                     _collect(c.run([TaskItem("hang", wait_for_file, (str(tmp_path / "x"),))]))
                 )
-                await eventually(lambda: running_on(c, "hang"))
+                await wait_until_async(lambda: running_on(c, "hang"))
                 os.kill(w.pid, signal.SIGSTOP)
                 started = time.monotonic()
                 try:

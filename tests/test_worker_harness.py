@@ -16,7 +16,6 @@ import ssl
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ import pytest
 from bndl.wire import ClientSettings, WorkerClient, create_session
 from bndl.wire.tls import new_cluster
 from bndl.worker import READY_PREFIX, parse_ready_line
+from tests.helpers.waiting import wait_until_async
 
 ROOT = Path(__file__).resolve().parent.parent
 OPERATOR = str(ROOT / "operator")
@@ -137,17 +137,6 @@ def run(coroutine_fn: Callable[[], Awaitable[T]]) -> T:
         return await coroutine_fn()
 
     return asyncio.run(main())
-
-
-async def eventually(
-    condition: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not await condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        await asyncio.sleep(0.01)
 
 
 async def running_on(c: WorkerClient, key: str) -> bool:
@@ -285,7 +274,7 @@ def test_sigterm_cancels_running_tasks_and_exits() -> None:
             async with client(w) as c:
                 stream = c.run([TaskItem("spinning", _spin)])
                 first = asyncio.ensure_future(stream.__anext__())
-                await eventually(lambda: running_on(c, "spinning"))
+                await wait_until_async(lambda: running_on(c, "spinning"))
                 os.kill(w.pid, signal.SIGTERM)
                 completion = await asyncio.wait_for(first, 10)
                 assert isinstance(completion.error, TaskCancelled)

@@ -5,7 +5,6 @@ more tasks at once on a worker than its concurrency."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,8 @@ from bndl.execute.job import Job, RmiTask
 from bndl.local import LocalCluster
 from bndl.wire import Completion, TaskItem
 from bndl.worker.lanes import Lanes
-from tests.test_worker_harness import WorkerProcess, client, eventually, run, running_worker
+from tests.helpers.waiting import wait_for_file, wait_until_async
+from tests.test_worker_harness import WorkerProcess, client, run, running_worker
 
 
 @pytest.fixture(scope="module")
@@ -36,18 +36,11 @@ def log_run(directory: str, name: str, seconds: float) -> str:
     return name
 
 
-def wait_for(path: str) -> str:
-    deadline = time.monotonic() + 60
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise TimeoutError(path)
-        time.sleep(0.01)
-    return path
-
-
 def start_then_wait(started: str, go: str) -> str:
+    """Runs on a worker: say it started, wait for the test's go; returns the go file's path."""
     Path(started).touch()
-    return wait_for(go)
+    wait_for_file(go)
+    return go
 
 
 def test_runs_beyond_the_slots_wait_for_a_free_slot(worker: WorkerProcess, tmp_path: Path) -> None:
@@ -85,10 +78,10 @@ def test_a_cancelled_waiting_run_ends_at_once_and_never_runs(
                     outcomes[completion.key] = completion
 
             collecting = asyncio.ensure_future(collect())
-            await eventually(lambda: _true(started.exists()), what="the first run to start")
+            await wait_until_async(lambda: started.exists(), what="the first run to start")
             reply = await c.cancel(["c/2"])
             assert reply == {"interrupted": ["c/2"], "remembered": []}
-            await eventually(lambda: _true("c/2" in outcomes), what="the cancelled run's outcome")
+            await wait_until_async(lambda: "c/2" in outcomes, what="the cancelled run's outcome")
             assert isinstance(outcomes["c/2"].error, TaskCancelled)
             Path(go).touch()
             await collecting
@@ -114,9 +107,9 @@ def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
                     outcomes[completion.key] = completion
 
             collecting = asyncio.ensure_future(collect())
-            await eventually(lambda: _true(started.exists()), what="the first run to start")
+            await wait_until_async(lambda: started.exists(), what="the first run to start")
             c.withdraw_soon(["w/1", "w/2"])  # the first started: only the second is taken back
-            await eventually(lambda: _true("w/2" in outcomes), what="the withdrawn run's outcome")
+            await wait_until_async(lambda: "w/2" in outcomes, what="the withdrawn run's outcome")
             assert isinstance(outcomes["w/2"].error, TaskCancelled)
             assert "withdrawn" in str(outcomes["w/2"].error) and "w/1" not in outcomes
             Path(go).touch()
@@ -124,10 +117,6 @@ def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
             assert outcomes["w/1"].ok and outcomes["w/1"].value == go and not ran.exists()
 
     run(check)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_a_job_dispatched_ahead_keeps_the_concurrency_on_each_worker(tmp_path: Path) -> None:

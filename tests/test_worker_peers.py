@@ -13,10 +13,10 @@ import pytest
 
 from bndl.execute.exceptions import DependenciesFailed, TaskCancelled
 from bndl.wire import RemoteRef, TaskItem, WorkerClient, create_session
+from tests.helpers.waiting import wait_until_async
 from tests.test_worker_harness import (
     TLS,
     WorkerProcess,
-    eventually,
     run,
     running_on,
     running_worker,
@@ -149,7 +149,7 @@ def test_cancel_is_not_held_up_by_a_hanging_fetch(
                     waiting = asyncio.ensure_future(
                         only(c1, TaskItem("f/b", abs, (ref(frozen, "f/a"),)))
                     )
-                    await eventually(lambda: running_on(c1, "f/b"))
+                    await wait_until_async(lambda: running_on(c1, "f/b"))
                     started = time.monotonic()
                     await c1.cancel(["f/b"])
                     with pytest.raises(TaskCancelled):

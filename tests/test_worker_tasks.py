@@ -30,10 +30,10 @@ from bndl.wire import (
     WorkerClient,
 )
 from bndl.worker import current_worker, task_context
+from tests.helpers.waiting import wait_until_async
 from tests.test_worker_harness import (
     WorkerProcess,
     client,
-    eventually,
     run,
     running_on,
     running_worker,
@@ -308,7 +308,7 @@ def test_cancel_raises_task_cancelled_in_a_running_task(
         async with client(worker) as c:
             stream = c.run([TaskItem("busy", busy, (str(marker),))])
             first = asyncio.ensure_future(stream.__anext__())
-            await eventually(lambda: _true(marker.exists()), what="the task to start")
+            await wait_until_async(lambda: marker.exists(), what="the task to start")
             assert await c.cancel(["busy"]) == {"interrupted": ["busy"], "remembered": []}
             completion = await first
             assert isinstance(completion.error, TaskCancelled)
@@ -317,10 +317,6 @@ def test_cancel_raises_task_cancelled_in_a_running_task(
             await still_serves(c)
 
     run(check)
-
-
-async def _true(value: bool) -> bool:
-    return value
 
 
 def test_cancel_that_arrives_before_the_run_wins(worker: WorkerProcess, tmp_path: Path) -> None:

@@ -14,8 +14,11 @@ it), which the scheduler puts in the error when a task keeps killing its workers
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import signal
@@ -60,6 +63,15 @@ def exit_cause(returncode: int | None) -> str | None:
     return f"killed by signal {number} ({name})"
 
 
+@functools.cache
+def _prctl() -> Any:
+    """libc's prctl(2), looked up once (``find_library`` runs ``ldconfig``); None if absent."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
 def _die_with_parent() -> Callable[[], None] | None:
     """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (Linux only).
 
@@ -70,10 +82,8 @@ def _die_with_parent() -> Callable[[], None] | None:
         return None
     if threading.current_thread() is not threading.main_thread():
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        prctl = libc.prctl
-    except (OSError, AttributeError):
+    prctl = _prctl()
+    if prctl is None:
         return None
 
     parent = os.getpid()
@@ -270,6 +280,7 @@ class LocalCluster:
         """Stop the workers by PID (SIGTERM, then SIGKILL after a deadline) and the I/O loop."""
         if self.ctx is not None:
             self.ctx.stop()
+        self._hang_up()
         processes, self._spawned, self.processes = self._spawned, [], []
         for process in processes:
             if process.poll() is None:
@@ -289,6 +300,19 @@ class LocalCluster:
         if self.tls_dir is not None:
             shutil.rmtree(self.tls_dir, ignore_errors=True)
             self.tls_dir = None
+
+    def _hang_up(self) -> None:
+        """Close the driver's channel to each worker: a worker told to stop lets its open streams
+        end for a grace period (:func:`bndl.worker.server.serve`), and the channel would be one."""
+        if self.loop is None or not self.processes:
+            return
+        clients = [p.worker.client for p in self.processes]
+
+        async def close_all() -> None:
+            await asyncio.gather(*(c.close() for c in clients), return_exceptions=True)
+
+        with contextlib.suppress(Exception):  # best effort: the workers are stopped by PID anyway
+            self.loop.run(close_all()).result(STOP_TIMEOUT)
 
 
 def _drain(stream: Any) -> None:

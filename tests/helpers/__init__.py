@@ -1,0 +1,1 @@
+"""What the tests of every tier share: :mod:`tests.helpers.waiting` (the one way to wait)."""
