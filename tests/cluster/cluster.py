@@ -76,6 +76,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+
 from . import config, images
 from .config import NodeSpec
 from .pki import PKI, Cert, kubeconfig
@@ -95,7 +97,6 @@ from .procs import (
     status_kib,
     stop_processes,
     unmount_all_under,
-    wait_for,
 )
 
 T = TypeVar("T")
@@ -314,12 +315,6 @@ class Cluster:
         ns = ["-n", namespace] if namespace else []
         return self.kubectl("apply", *ns, "-f", "-", input=manifest)
 
-    @staticmethod
-    def wait_for(
-        predicate: Callable[[], T | None], timeout: float = 60, what: str = "condition"
-    ) -> T:
-        return wait_for(predicate, timeout, what)
-
     def exec_in_netns(self, cmd: Sequence[str], check: bool = True, timeout: float = 60) -> Any:
         return run(self.netns.wrap(cmd), check=check, timeout=timeout, env=base_env())
 
@@ -438,7 +433,13 @@ class Cluster:
         pid = self.pod_pids(namespace, pod, container)[0]
         os.kill(pid, sig)
         if sig == signal.SIGKILL:
-            wait_for(lambda: proc_state(pid) in (None, "Z"), timeout, f"PID {pid} to exit")
+            wait_until(
+                lambda: proc_state(pid) in (None, "Z"),
+                timeout,
+                f"PID {pid} to exit",
+                ignoring=Exception,
+                interval=COMMAND_INTERVAL,
+            )
         return pid
 
     @staticmethod
@@ -508,7 +509,7 @@ class Cluster:
             self._check_alive(*watch)
             return pred()
 
-        return wait_for(check, timeout, what)
+        return wait_until(check, timeout, what, ignoring=Exception, interval=COMMAND_INTERVAL)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         return Path(self.procs[name].log).read_text(errors="replace")[-chars:]

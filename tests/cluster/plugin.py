@@ -11,11 +11,13 @@ Fixtures:
   ``.kubectl_json(*args)``, ``.helm(*args)``, ``.apply(yaml, namespace=)``,
   ``.build_image(dockerfile, context, tag, build_args=)`` (podman, BASE = the local Python base,
   then loaded into every node), ``.load_image(ref)``, ``.nodes`` (``.name``, ``.ip``, ``.zone``,
-  ``.labels``), ``.node_names``, ``.wait_for(predicate, timeout, what)``,
+  ``.labels``), ``.node_names``,
   ``.call_in_netns(fn, *args)`` / ``.exec_in_netns(cmd)`` to reach pod and Service IPs,
   ``.base_image``, ``.timings``, ``.memory_kib()``; faults: ``.stop_apiserver()`` /
   ``.start_apiserver()``, ``.pod_pids(ns, pod, container=None)``, ``.kill_container(ns, pod,
-  container=None, sig=SIGKILL)``, ``.process_memory_kib(pid)``.
+  container=None, sig=SIGKILL)``, ``.process_memory_kib(pid)``. Waits on it are
+  :func:`tests.helpers.waiting.wait_until` with ``ignoring=Exception`` (kubectl fails until the
+  object is there) and ``interval=COMMAND_INTERVAL``.
 * ``k8s_test_image`` (session): the harness's small HTTP server image, already on every node.
 * ``k8s_namespace`` (function): a fresh namespace, deleted afterwards.
 
@@ -47,6 +49,8 @@ from types import FrameType
 from typing import Any
 
 import pytest
+
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from . import config, images
 from .cluster import Cluster, missing_binaries, reap_stale_runs
@@ -171,10 +175,12 @@ def fresh_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     name = f"t-{secrets.token_hex(4)}"
     k8s_cluster.kubectl("create", "namespace", name)
     # Pods are admitted only once the namespace's default ServiceAccount exists.
-    k8s_cluster.wait_for(
+    wait_until(
         lambda: k8s_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
         30,
         f"default ServiceAccount in {name}",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     try:
         yield name

@@ -1,4 +1,4 @@
-"""Processes started by PID, network-namespace helpers and condition waits.
+"""Processes started by PID and network-namespace helpers.
 
 Every process of a run is started through ``nsenter --net=<netns>`` (nsenter execs the program,
 so the recorded PID is the program's own), in a new session (so a Ctrl-C in the terminal reaches
@@ -20,38 +20,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from tests.helpers.waiting import WaitTimeout
+
 T = TypeVar("T")
 CLONE_NEWNET = 0x40000000
-
-
-class WaitTimeout(TimeoutError):
-    pass
-
-
-def wait_for(
-    predicate: Callable[[], T | None],
-    timeout: float,
-    what: str = "condition",
-    interval: float = 0.25,
-) -> T:
-    """Call ``predicate`` until it returns a truthy value, and return it; raise on the deadline.
-
-    Exceptions from the predicate count as "not yet"; the last one is named in the timeout error.
-    """
-    deadline = time.monotonic() + timeout
-    last_exc: BaseException | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-            last_exc = None
-        except Exception as exc:  # the condition is not there yet
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            extra = f" (last error: {last_exc!r})" if last_exc else ""
-            raise WaitTimeout(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+
 from . import config
 from .cluster import Cluster, dns_query_a
 from .procs import CommandError, proc_starttime
@@ -90,14 +92,20 @@ def test_apiserver_outage_everything_recovers(
     running_s = time.monotonic() - t2
     steps = {c["type"]: c["lastTransitionTime"] for c in after["status"]["conditions"]}
     name = f"after.{ns}.svc.{config.CLUSTER_DOMAIN}"
-    k8s_cluster.wait_for(
-        lambda: k8s_cluster.call_in_netns(dns_query_a, config.DNS_IP, name), 60, f"DNS of {name}"
+    wait_until(
+        lambda: k8s_cluster.call_in_netns(dns_query_a, config.DNS_IP, name),
+        60,
+        f"DNS of {name}",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     # From the pod that ran through the outage: its network, DNS and the new Service's rules.
-    k8s_cluster.wait_for(
+    wait_until(
         lambda: pyexec(k8s_cluster, ns, "before", HTTP_GET, f"http://{name}/").startswith("200"),
         60,
         "the new Service to answer the old pod",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     recovered_s = time.monotonic() - t2
 
@@ -139,7 +147,13 @@ def test_killed_container_is_restarted_by_the_kubelet(
         st = container_status(pod(k8s_cluster, ns, "victim"))
         return st if st["restartCount"] >= 1 and "running" in st["state"] else None
 
-    st = k8s_cluster.wait_for(restarted, 60, "the kubelet to restart the container")
+    st = wait_until(
+        restarted,
+        60,
+        "the kubelet to restart the container",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     terminated = st["lastState"]["terminated"]
     assert terminated["exitCode"] == 128 + signal.SIGKILL, terminated
     [new_pid, *_] = k8s_cluster.pod_pids(ns, "victim")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+
 from .cluster import Cluster
 from .config import NODE_CLASS_LABEL, ZONE_LABEL
 from .testlib import SLEEP, pod, pod_yaml, wait_running
@@ -58,7 +60,13 @@ def test_unsatisfiable_pod_stays_pending_unschedulable(
                 return cond  # type: ignore[no-any-return]
         return None
 
-    cond = c.wait_for(unschedulable, 60, "PodScheduled=False/Unschedulable")
+    cond = wait_until(
+        unschedulable,
+        60,
+        "PodScheduled=False/Unschedulable",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     assert cond["status"] == "False"
     assert "didn't match Pod's node affinity/selector" in cond["message"]
     p = pod(c, ns, "nowhere")

@@ -6,6 +6,8 @@ import json
 
 import pytest
 
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+
 from .cluster import Cluster
 from .config import NODE_CLASS_LABEL, ZONE_LABEL
 from .testlib import GRACE, HTTP_GET, SLEEP, pod, pod_yaml, pyexec, wait_running
@@ -103,7 +105,9 @@ def test_deployment_reached_from_another_node_by_pod_ip_cluster_ip_and_dns(
             out = pyexec(c, ns, "client", HTTP_GET, url).strip()
             return out if out.startswith("200 hello from ") else None
 
-        out = c.wait_for(get, 60, f"GET {url} from {client_node}")
+        out = wait_until(
+            get, 60, f"GET {url} from {client_node}", ignoring=Exception, interval=COMMAND_INTERVAL
+        )
         assert out.split()[-1] in names
         return out
 
@@ -167,17 +171,33 @@ def test_statefulset_scale_down_and_pod_recreation(
         sts = c.kubectl_json("get", "statefulset", "db", "-n", ns)
         return int(sts["status"].get("readyReplicas", 0))
 
-    c.wait_for(lambda: ready_replicas() == 3, 120, "3 ready replicas")
-    c.wait_for(lambda: len(running_containers(c, ns, "member")) == 3, 30, "3 running containers")
+    wait_until(
+        lambda: ready_replicas() == 3,
+        120,
+        "3 ready replicas",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
+    wait_until(
+        lambda: len(running_containers(c, ns, "member")) == 3,
+        30,
+        "3 running containers",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
 
     c.kubectl("scale", "statefulset", "db", "-n", ns, "--replicas=1")
-    c.wait_for(
-        lambda: len(running_containers(c, ns, "member")) == 1, 90, "exactly one running container"
+    wait_until(
+        lambda: len(running_containers(c, ns, "member")) == 1,
+        90,
+        "exactly one running container",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
-    c.wait_for(
+    wait_until(
         lambda: [p["metadata"]["name"] for p in
                  c.kubectl_json("get", "pods", "-n", ns, "-l", "app=db")["items"]] == ["db-0"],
-        60, "only db-0 left",
+        60, "only db-0 left", ignoring=Exception, interval=COMMAND_INTERVAL,
     )  # fmt: skip
     running = running_containers(c, ns, "member")
     assert len(running) == 1
@@ -191,8 +211,16 @@ def test_statefulset_scale_down_and_pod_recreation(
         conds = {x["type"]: x["status"] for x in p["status"].get("conditions", [])}
         return p["metadata"]["uid"] != old_uid and conds.get("Ready") == "True"
 
-    c.wait_for(recreated, 120, "db-0 recreated and Ready")
-    c.wait_for(lambda: len(running_containers(c, ns, "member")) == 1, 60, "one running container")
+    wait_until(
+        recreated, 120, "db-0 recreated and Ready", ignoring=Exception, interval=COMMAND_INTERVAL
+    )
+    wait_until(
+        lambda: len(running_containers(c, ns, "member")) == 1,
+        60,
+        "one running container",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     new_ip = pod(c, ns, "db-0")["status"]["podIP"]
     assert new_ip.startswith("198.18.")
 
@@ -210,7 +238,9 @@ def test_failing_container_is_restarted_into_crashloopbackoff(
             return st  # type: ignore[no-any-return]
         return None
 
-    st = c.wait_for(crashlooping, 120, "CrashLoopBackOff")
+    st = wait_until(
+        crashlooping, 120, "CrashLoopBackOff", ignoring=Exception, interval=COMMAND_INTERVAL
+    )
     assert st["lastState"]["terminated"]["exitCode"] == 3  # type: ignore[index]
     assert pod(c, ns, "crasher")["spec"]["restartPolicy"] == "Always"
 
@@ -219,4 +249,6 @@ def test_failing_container_is_restarted_into_crashloopbackoff(
         out = c.kubectl("logs", "-n", ns, "crasher", "--previous", check=False)
         return "boom" in out or "boom" in c.kubectl("logs", "-n", ns, "crasher", check=False)
 
-    c.wait_for(logged, 60, "the crashed container's log")
+    wait_until(
+        logged, 60, "the crashed container's log", ignoring=Exception, interval=COMMAND_INTERVAL
+    )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+
 from .cluster import Cluster
 
 GRACE = 2  # seconds; PID 1 in the test image does not handle SIGTERM
@@ -62,7 +64,13 @@ def wait_running(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> 
         ok = p["status"].get("phase") == "Running" and conds.get("Ready") == "True"
         return p if ok else None
 
-    return cluster.wait_for(ready, timeout, f"pod {ns}/{name} Running and Ready")
+    return wait_until(
+        ready,
+        timeout,
+        f"pod {ns}/{name} Running and Ready",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
 
 
 def pyexec(cluster: Cluster, ns: str, pod_name: str, code: str, *args: str) -> str:

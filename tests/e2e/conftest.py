@@ -23,6 +23,7 @@ import pytest
 from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
 from tests.cluster.procs import ProcRecord, start_process, stop_processes
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from .chart_operator import E2E_TAG, chart_operator, operator_image  # noqa: F401  (fixtures for every e2e test)
 
@@ -105,7 +106,13 @@ def bndl_operator(
                 raise RuntimeError(f"the operator exited:\n{operator.log_text()[-3000:]}")
             return operator.liveness()[0] == 200
 
-        k8s_cluster.wait_for(healthy, 60, "the operator's liveness endpoint")
+        wait_until(
+            healthy,
+            60,
+            "the operator's liveness endpoint",
+            ignoring=Exception,
+            interval=COMMAND_INTERVAL,
+        )
         yield operator
     finally:
         stop_processes([record], timeout=30)

@@ -9,6 +9,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.cluster import Cluster
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -59,7 +60,9 @@ def wait_status(
         return st if check(st) else None
 
     try:
-        return cluster.wait_for(ready, timeout, f"{name}: {what}")
+        return wait_until(
+            ready, timeout, f"{name}: {what}", ignoring=Exception, interval=COMMAND_INTERVAL
+        )
     except TimeoutError as e:
         raise AssertionError(f"{e}; last status: {json.dumps(status(cluster, ns, name))}") from e
 

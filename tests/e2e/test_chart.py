@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from tests.cluster import config as cluster_config
-from tests.cluster.procs import wait_for
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from .chart_operator import E2E_TAG, split_image
 
@@ -304,7 +304,13 @@ def wait_operator_ready(
         return operator_pod(target, ns, not_uids or set())
 
     try:
-        return wait_for(ready, READY_TIMEOUT, f"operator pod Ready in {ns}")
+        return wait_until(
+            ready,
+            READY_TIMEOUT,
+            f"operator pod Ready in {ns}",
+            ignoring=Exception,
+            interval=COMMAND_INTERVAL,
+        )
     except TimeoutError as e:
         raise AssertionError(f"{e}\n{diagnose(target, ns)}") from e
 
@@ -337,7 +343,13 @@ def wait_job_finished(target: Target, ns: str, name: str, op_ns: str) -> dict[st
         return job if phase in ("Succeeded", "Failed", "Cancelled") else None
 
     try:
-        return wait_for(finished, JOB_TIMEOUT, f"BndlJob {ns}/{name} finished")
+        return wait_until(
+            finished,
+            JOB_TIMEOUT,
+            f"BndlJob {ns}/{name} finished",
+            ignoring=Exception,
+            interval=COMMAND_INTERVAL,
+        )
     except TimeoutError as e:
         extra = target.kubectl("get", "bndljob,pods,events", "-n", ns, "-o", "wide", check=False)
         raise AssertionError(f"{e}\n{extra}\n{diagnose(target, op_ns)}") from e
@@ -470,10 +482,11 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
 
     # --- uninstall: everything of the release goes; the CRD and the BndlJobs stay.
     target.helm("uninstall", release, "-n", op_ns, "--wait", "--timeout", "120s")
-    wait_for(
+    wait_until(
         lambda: gone(target, "deployments,pods,serviceaccounts,services", "-n", op_ns,
                      "-l", f"app.kubernetes.io/instance={release}"),
         READY_TIMEOUT, "the release's namespaced objects deleted",
+        ignoring=Exception, interval=COMMAND_INTERVAL,
     )  # fmt: skip
     assert gone(
         target, "roles,rolebindings", "-n", jobs_ns, "-l", "app.kubernetes.io/managed-by=Helm"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.chart_operator import ChartOperator, diamond, restarts
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -13,7 +14,7 @@ pytestmark = pytest.mark.cluster
 def test_chart_operator_runs_a_job_and_survives_a_kill(chart_operator: ChartOperator) -> None:
     op = chart_operator
     pods = {p["metadata"]["name"]: p for p in op.pods()}
-    leader = op.cluster.wait_for(op.leader, 60, "a leader")
+    leader = wait_until(op.leader, 60, "a leader", ignoring=Exception, interval=COMMAND_INTERVAL)
     assert leader in pods, (leader, sorted(pods))
 
     job, expected = diamond("diamond-chart-op")
@@ -28,12 +29,21 @@ def test_chart_operator_runs_a_job_and_survives_a_kill(chart_operator: ChartOper
 
     before = pods[leader]
     op.kill(leader)
-    op.cluster.wait_for(
-        lambda: restarts(op.pod(leader)) > restarts(before), 60, "the operator container restarted"
+    wait_until(
+        lambda: restarts(op.pod(leader)) > restarts(before),
+        60,
+        "the operator container restarted",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     again = {p["metadata"]["name"]: p for p in op.wait_ready(len(pods))}
     assert again.keys() == pods.keys()  # the same pods: restarted in place, not replaced
     [st] = [s for s in again[leader]["status"]["containerStatuses"] if s["name"] == "operator"]
     assert st["lastState"]["terminated"]["exitCode"] == 137, st
     assert f"--- {leader} (previous container) ---" in op.logs(leader)
-    assert op.cluster.wait_for(op.leader, 60, "a leader after the kill") in pods
+    assert (
+        wait_until(
+            op.leader, 60, "a leader after the kill", ignoring=Exception, interval=COMMAND_INTERVAL
+        )
+        in pods
+    )

@@ -24,6 +24,7 @@ import pytest
 import yaml
 
 from tests.cluster.cluster import Cluster
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from . import jobs
 from .chart_operator import JOB_TIMEOUT, ChartOperator
@@ -155,7 +156,13 @@ def test_logs_show_what_a_failed_task_printed_after_its_pods_are_gone(
     assert "job 'cli-fails' Failed: TaskFailed: task 'loud' failed: RuntimeError" in done.stderr
     assert "bndl logs cli-fails" in done.stderr
     # the default cleanupPolicy deletes the worker pods of a failed job
-    op.cluster.wait_for(lambda: not jobs.pods(op.cluster, ns, "cli-fails"), 120, "no worker pods")
+    wait_until(
+        lambda: not jobs.pods(op.cluster, ns, "cli-fails"),
+        120,
+        "no worker pods",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     for args in ([], ["--task", "loud"]):
         logs = bndl(op.cluster, "logs", "cli-fails", "-n", ns, *args)
         assert logs.returncode == 0, logs.stderr

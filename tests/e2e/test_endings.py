@@ -6,6 +6,7 @@ import pytest
 
 from tests.cluster.cluster import Cluster
 from tests.cluster.procs import CommandError
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from .conftest import OperatorProcess
 from .jobs import apply, job_doc, pods, wait_finished
@@ -64,7 +65,13 @@ def test_failure_deadline_cleanup_policy_and_ttl(
     st = wait_finished(k8s_cluster, ns, "late", timeout=120)
     assert st["phase"] == "Failed" and st["reason"] == "DeadlineExceeded", st
     assert "activeDeadlineSeconds (20)" in st["message"]
-    k8s_cluster.wait_for(lambda: not pods(k8s_cluster, ns, "late"), 60, "late's workers gone")
+    wait_until(
+        lambda: not pods(k8s_cluster, ns, "late"),
+        60,
+        "late's workers gone",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
 
     def gone() -> bool:
         try:
@@ -73,4 +80,10 @@ def test_failure_deadline_cleanup_policy_and_ttl(
             return "NotFound" in e.stderr
         return False
 
-    k8s_cluster.wait_for(gone, 90, "the TTL to delete the finished job")
+    wait_until(
+        gone,
+        90,
+        "the TTL to delete the finished job",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )

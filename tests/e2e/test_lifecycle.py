@@ -7,6 +7,7 @@ import json
 import pytest
 
 from tests.cluster.cluster import Cluster
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from .conftest import OperatorProcess
 from .jobs import apply, events, job_doc, pods, status, wait_finished, wait_status
@@ -90,7 +91,13 @@ def test_deleted_worker_pod_is_recomputed_around_and_its_replacement_used(
         now = running_pods(k8s_cluster, ns, "lose").get(victim)
         return bool(now and now["metadata"]["uid"] != old_uid)
 
-    k8s_cluster.wait_for(replaced, 60, "the StatefulSet to recreate the pod")
+    wait_until(
+        replaced,
+        60,
+        "the StatefulSet to recreate the pod",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     st = wait_status(
         k8s_cluster,
         ns,
@@ -136,8 +143,12 @@ def test_deleting_a_running_job_cancels_its_tasks_and_removes_its_workers(
     k8s_cluster.kubectl("delete", "bndljob", "doomed", "-n", ns, "--timeout=90s")
     gone = k8s_cluster.kubectl("get", "bndljobs", "-n", ns, "-o", "name")
     assert not gone.strip()
-    k8s_cluster.wait_for(
-        lambda: not pods(k8s_cluster, ns, "doomed"), 90, "the workers to be removed"
+    wait_until(
+        lambda: not pods(k8s_cluster, ns, "doomed"),
+        90,
+        "the workers to be removed",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     cancelled = [e for e in events(k8s_cluster, ns, "doomed") if e["reason"] == "Cancelled"]
     assert cancelled, events(k8s_cluster, ns, "doomed")
@@ -178,8 +189,12 @@ def test_suspend_scales_workers_to_zero_and_resume_completes(
         k8s_cluster, ns, "pausing", lambda s: s.get("phase") == "Suspended", 60, "Suspended"
     )
     assert st["tasks"]["succeeded"] == n, "the nap finished before the suspend: lengthen it"
-    k8s_cluster.wait_for(
-        lambda: not pods(k8s_cluster, ns, "pausing"), 90, "the workers to scale to zero"
+    wait_until(
+        lambda: not pods(k8s_cluster, ns, "pausing"),
+        90,
+        "the workers to scale to zero",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     sts = k8s_cluster.kubectl_json("get", "statefulset", "pausing-workers", "-n", ns)
     assert sts["spec"]["replicas"] == 0

@@ -23,8 +23,9 @@ import yaml
 
 from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
-from tests.cluster.procs import ProcRecord, WaitTimeout, start_process, stop_processes
+from tests.cluster.procs import ProcRecord, start_process, stop_processes
 from tests.e2e.chart_operator import ChartOperator, diamond
+from tests.helpers.waiting import COMMAND_INTERVAL, WaitTimeout, wait_until
 
 pytestmark = pytest.mark.cluster
 
@@ -123,7 +124,9 @@ class Prometheus:
             "prometheus", cmd, self.dir / "prometheus.log", netns=self.cluster.netns,
             env=base_env(),
         )  # fmt: skip
-        self.cluster.wait_for(self.ready, 120, "Prometheus ready")
+        wait_until(
+            self.ready, 120, "Prometheus ready", ignoring=Exception, interval=COMMAND_INTERVAL
+        )
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -167,7 +170,13 @@ class Prometheus:
             return bool(seen) and seen[-1] == expected
 
         with contextlib.suppress(WaitTimeout):  # the caller's assertion names the value
-            self.cluster.wait_for(settled, timeout, f"{promql} == {expected}")
+            wait_until(
+                settled,
+                timeout,
+                f"{promql} == {expected}",
+                ignoring=Exception,
+                interval=COMMAND_INTERVAL,
+            )
         return seen[-1] if seen else float("nan")
 
 
@@ -216,7 +225,13 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
         got = {r["metric"]["pod"] for r in up}
         return got if got == pods else None
 
-    prometheus.cluster.wait_for(operators_up, WAIT, "both operator pods scraped")
+    wait_until(
+        operators_up,
+        WAIT,
+        "both operator pods scraped",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
     leader = op.leader()
     reporting = {r["metric"]["pod"] for r in prometheus.query(promql)}
     assert reporting == {leader}, (reporting, leader)
@@ -235,7 +250,9 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
         got = {r["metric"]["pod"] for r in up}
         return got if got == workers else None
 
-    prometheus.cluster.wait_for(workers_up, WAIT, "every worker scraped")
+    wait_until(
+        workers_up, WAIT, "every worker scraped", ignoring=Exception, interval=COMMAND_INTERVAL
+    )
     ended = prometheus.settled_value(f'sum(bndl_worker_tasks_run_total{{namespace="{ns}"}})', tasks)
     dispatched = prometheus.settled_value(
         f'sum(bndl_tasks_dispatched_total{{namespace="{ns}"}})', tasks
@@ -250,6 +267,10 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
 
     # A deleted job's series go.
     op.cluster.kubectl("delete", "bndljob", name, "-n", ns, "--wait=true", "--timeout=120s")
-    prometheus.cluster.wait_for(
-        lambda: prometheus.query(promql) == [], WAIT, "the deleted job's series gone"
+    wait_until(
+        lambda: prometheus.query(promql) == [],
+        WAIT,
+        "the deleted job's series gone",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )

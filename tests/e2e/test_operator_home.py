@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.cluster import Cluster
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 
 from .chart_operator import ChartOperator
 from .conftest import MEASUREMENTS
@@ -87,11 +88,17 @@ def wait_running(op: ChartOperator, name: str, running: int) -> dict[str, Any]:
         st = op.status(name)
         return st if st.get("tasks", {}).get("running", 0) >= running else None
 
-    return op.cluster.wait_for(check, 240, f"{name}: {running} tasks running")
+    return wait_until(
+        check,
+        240,
+        f"{name}: {running} tasks running",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
+    )
 
 
 def leader_pod(op: ChartOperator) -> str:
-    holder = op.cluster.wait_for(op.leader, 120, "a leader")
+    holder = wait_until(op.leader, 120, "a leader", ignoring=Exception, interval=COMMAND_INTERVAL)
     return holder
 
 
@@ -120,10 +127,12 @@ def restart_case(op: ChartOperator, name: str, restart: Any) -> float:
     wait_running(op, name, 4)
     before = checkpoint(op, name)
     restart()
-    op.cluster.wait_for(
+    wait_until(
         lambda: checkpoint(op, name).get("incarnation") not in (None, before.get("incarnation")),
         240,
         f"{name}: a new operator incarnation adopted the job",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     held_and_run_once(op, name)
     return time.monotonic() - t0
@@ -175,10 +184,12 @@ def test_restarts_upgrades_and_failover_lose_no_work(home: ChartOperator) -> Non
         "delete", "pod", leader, "-n", op.namespace, "--grace-period=0", "--force", check=False
     )
     op.kill(leader) if _alive(op, leader) else None
-    after = op.cluster.wait_for(
+    after = wait_until(
         lambda: (c := checkpoint(op, name)).get("incarnation") != before.get("incarnation") and c,
         240,
         "the standby adopted the job",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     failover = datetime.fromisoformat(after["since"]).timestamp() - killed
     assert after["operator"] != leader
@@ -249,7 +260,9 @@ def test_hundred_jobs_at_once(home: ChartOperator) -> None:
         finished = all(p in ("Succeeded", "Failed", "Cancelled") for p in phases)
         return jobs if len(jobs) == n and finished else None
 
-    jobs = op.cluster.wait_for(all_done, 1200, f"{n} jobs finished")
+    jobs = wait_until(
+        all_done, 1200, f"{n} jobs finished", ignoring=Exception, interval=COMMAND_INTERVAL
+    )
     failed = [
         (j["metadata"]["name"], j["status"]) for j in jobs if j["status"]["phase"] != "Succeeded"
     ]
@@ -279,17 +292,21 @@ def test_scale_a_running_job(home: ChartOperator) -> None:
     )
     wait_running(op, name, 2)
     op.cluster.kubectl("scale", "bndljob", name, "-n", op.jobs_namespace, "--replicas=4")
-    st = op.cluster.wait_for(
+    st = wait_until(
         lambda: (s := op.status(name)).get("workers", {}).get("ready", 0) >= 4 and s,
         180,
         "4 workers Ready in the job",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     # A worker that joins gets a ready task at once: let a few finish on all four.
     done = st["tasks"]["succeeded"]
-    op.cluster.wait_for(
+    wait_until(
         lambda: op.status(name).get("tasks", {}).get("succeeded", 0) >= done + 8 or None,
         180,
         "8 more tasks done on 4 workers",
+        ignoring=Exception,
+        interval=COMMAND_INTERVAL,
     )
     op.cluster.kubectl("scale", "bndljob", name, "-n", op.jobs_namespace, "--replicas=1")
     st = op.wait_phase(name, ("Succeeded", "Failed"), timeout=300)
@@ -323,7 +340,9 @@ class PeakMemory:
             st = self.op.status(name)
             return st if st.get("phase") in ("Succeeded", "Failed") else None
 
-        st: dict[str, Any] = self.op.cluster.wait_for(check, timeout, f"{name} finished")
+        st: dict[str, Any] = wait_until(
+            check, timeout, f"{name} finished", ignoring=Exception, interval=COMMAND_INTERVAL
+        )
         self.sample()
         return st
 

@@ -38,7 +38,7 @@ def _timed_out(timeout: float, what: str, last: BaseException | None) -> WaitTim
 
 
 def wait_until(
-    condition: Callable[[], T],
+    condition: Callable[[], T | None],
     timeout: float = 30.0,
     what: str = "condition",
     *,
