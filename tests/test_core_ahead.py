@@ -66,6 +66,14 @@ def test_a_completion_tops_the_queue_up_and_the_job_finishes() -> None:
     assert done == 10 and core.closed
 
 
+def test_a_queue_is_topped_up_in_one_batch_once_it_is_down_to_half() -> None:
+    core = SchedulerCore(independent(20), ["w0"], concurrency=1, ahead=4)
+    first = dispatches(core.start())
+    assert [d.task for d in first] == [0, 1, 2, 3, 4]
+    assert dispatches(core.task_succeeded(0, 1)) == []  # 4 left: more than 1 + 4 // 2
+    assert [d.task for d in dispatches(core.task_succeeded(1, 1))] == [5, 6]
+
+
 def test_an_idle_worker_steals_the_newest_queued_run_once_its_worker_gave_it_back() -> None:
     core = SchedulerCore(independent(4), ["w0", "w1"], concurrency=1, ahead=2)
     first = dispatches(core.start())

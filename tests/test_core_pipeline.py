@@ -34,14 +34,16 @@ def dispatches(decisions: Sequence[Decision]) -> list[Dispatch]:
     return [d for d in decisions if isinstance(d, Dispatch)]
 
 
-def test_a_chain_is_queued_on_one_worker_behind_its_inputs_and_topped_up() -> None:
+def test_a_chain_is_queued_on_one_worker_behind_its_inputs_and_topped_up_in_batches() -> None:
     core = SchedulerCore(chain(10), ["w0", "w1"], ahead=3)
     first = dispatches(core.start())
     assert [(d.task, d.worker) for d in first] == [(i, "w0") for i in range(4)]
     assert core.source(1) == "w0" and core.holder(1) is None  # will be there; is not yet
     out = core.task_succeeded(0, first[0].run)
-    assert [(d.task, d.worker) for d in dispatches(out)] == [(4, "w0")]
-    assert not any(isinstance(d, Cancel) for d in out), "a pipelined run was stolen"
+    assert dispatches(out) == []  # the queue is topped up once it is down to half
+    assert not any(isinstance(d, Cancel | Withdraw) for d in out), "a pipelined run was stolen"
+    out = core.task_succeeded(1, first[1].run)
+    assert [(d.task, d.worker) for d in dispatches(out)] == [(4, "w0"), (5, "w0")]
 
 
 def test_without_the_flag_or_with_more_slots_or_no_queue_nothing_is_pipelined() -> None:

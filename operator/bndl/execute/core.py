@@ -879,14 +879,20 @@ class SchedulerCore:
                     break
                 self._dispatch(i, w, out)
 
+    def _low(self, w: WorkerName) -> bool:
+        """Whether the queue of ``w`` is down to half of ``ahead``: then it is topped up, many
+        runs at once (one message), instead of one run per completion."""
+        return len(self._running[w]) <= self.concurrency + self.ahead // 2
+
     def _queue_ahead(self, out: list[Decision]) -> None:
-        """Fill the workers' queues one run per worker per round, so that ready tasks scarcer
-        than queue places spread over the workers."""
+        """Top up the queues that are low, one run per worker per round, so that ready tasks
+        scarcer than queue places spread over the workers."""
         limit = self.concurrency + self.ahead
+        low = [w for w in self._live if w not in self._idle and self._low(w)]
         placed = True
         while placed and self._ready:
             placed = False
-            for w in self._live:
+            for w in low:
                 if not self._ready:
                     return
                 if w in self._idle or len(self._running[w]) >= limit:
@@ -926,21 +932,24 @@ class SchedulerCore:
         return target
 
     def _pipeline(self, out: list[Decision]) -> None:
-        """Queue tasks behind the runs that compute their inputs, where the queue has room."""
+        """Queue tasks behind the runs that compute their inputs, on the workers whose queue is
+        low (the others keep them for later, in order)."""
         limit = self.concurrency + self.ahead
         running = self._running
+        topping = {w for w in self._live if self._low(w)}
         for w, waiting in self._pipe_room.items():
-            while waiting and len(running[w]) < limit:
-                k = waiting.popleft()
-                if self._pipe_target(k) == w:
-                    self._start_run(k, w, out)
+            if w in topping:
+                while waiting and len(running[w]) < limit:
+                    k = waiting.popleft()
+                    if self._pipe_target(k) == w:
+                        self._start_run(k, w, out)
         new = self._pipe_new
         while new:
             k = new.popleft()
             target = self._pipe_target(k)
             if target is None:
                 continue
-            if len(running[target]) < limit:
+            if target in topping and len(running[target]) < limit:
                 self._start_run(k, target, out)
             else:
                 self._pipe_room.setdefault(target, deque()).append(k)
