@@ -136,14 +136,15 @@ class Run:
 
 
 def test_lanes_hand_each_freed_slot_to_the_first_waiting_run() -> None:
-    lanes = Lanes()
+    lanes: Lanes[str] = Lanes()
     started: list[str] = []
     a, b, c, d = Run("a"), Run("b"), Run("c"), Run("free", lane="", slots=0)
     for r in (a, b, c, d):
-        lanes.admit(r, lambda r=r: started.append(r.key))  # type: ignore[misc]
+        lanes.admit(r, r.key, started.append)
     assert started == ["a", "free"] and lanes.waiting() == 2
     assert lanes.withdraw(c) and not lanes.withdraw(c)
-    lanes.ended(a)
-    assert started == ["a", "free", "b"] and lanes.waiting() == 0
-    lanes.ended(b)
+    assert lanes.ended(a) == "b"  # the caller starts it (the thread that ended a, on a worker)
+    assert lanes.waiting() == 0
+    assert lanes.ended(b) is None
+    assert lanes.ended(d) is None  # held no slot
     assert lanes.waiting() == 0 and not lanes._lanes  # an empty lane is forgotten

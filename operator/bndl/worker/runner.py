@@ -31,7 +31,6 @@ import pickle
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Iterable
-from functools import partial
 from typing import Any
 
 from bndl.execute.exceptions import DependenciesFailed, NotConnected, TaskCancelled
@@ -138,7 +137,7 @@ class TaskJob(Job):
         with running_on(self.runner.info):
             return fn(*args, **kwargs)
 
-    def done(self, ok: bool, value: Any) -> None:
+    def done(self, ok: bool, value: Any) -> TaskJob | None:
         key = self.task.key
         capture = tasklogs.end()
         blob = b""
@@ -155,7 +154,10 @@ class TaskJob(Job):
             output = capture.tail() if capture is not None else ""
             blob = encode_error(key, _without_own_frames(value), output)
         frame = frames.encode((DONE, key, ok, blob))
+        # The run's slot goes to the next waiting run of its lane, which this thread runs now.
+        following = self.runner.lanes.ended(self.task)
         self.runner.loop.call_soon_threadsafe(self.runner.finished, self, frame)
+        return following
 
 
 class CallJob(Job):
@@ -223,7 +225,7 @@ class TaskRunner:
         self.store = ResultStore()
         self.logs = tasklogs.TaskLogs()
         self.threads = TaskThreads()
-        self.lanes = Lanes()
+        self.lanes: Lanes[TaskJob] = Lanes()
         self.running: dict[str, TaskJob] = {}
         self.runs_finished = 0  # for the metrics: runs that ended, whatever their outcome
         self._peers = peers
@@ -256,7 +258,7 @@ class TaskRunner:
                 job = TaskJob(self, task, stream)
                 self.running[task.key] = job
                 stream.jobs[task.key] = job
-                self.lanes.admit(task, partial(self.threads.submit, job))
+                self.lanes.admit(task, job, self.threads.submit)
         return stream
 
     def attach(self, keys: Iterable[str]) -> Stream:
@@ -300,7 +302,6 @@ class TaskRunner:
     def finished(self, job: TaskJob, frame: bytes) -> None:
         key = job.task.key
         self.runs_finished += 1
-        self.lanes.ended(job.task)
         if self.running.get(key) is job:
             del self.running[key]
         if job.stream is not None:

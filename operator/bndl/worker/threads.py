@@ -76,7 +76,8 @@ class Job(ABC):
     def run(self) -> Any: ...
 
     @abstractmethod
-    def done(self, ok: bool, value: Any) -> None: ...
+    def done(self, ok: bool, value: Any) -> Job | None:
+        """Report the outcome; may return the next job for this thread to run at once."""
 
 
 class TaskThreads:
@@ -116,8 +117,8 @@ class TaskThreads:
     def _work(self, job: Job | None) -> None:
         slot = _Slot(threading.get_ident())
         while job is not None:
-            self._run(slot, job)
-            job = self._next()
+            following = self._run(slot, job)
+            job = following if following is not None else self._next()
 
     def _next(self) -> Job | None:
         with self._lock:
@@ -132,7 +133,7 @@ class TaskThreads:
                         return None
 
     @staticmethod
-    def _run(slot: _Slot, job: Job) -> None:
+    def _run(slot: _Slot, job: Job) -> Job | None:
         ok, value, finished = False, None, False
         try:
             with slot.lock:
@@ -155,6 +156,7 @@ class TaskThreads:
             if not finished:
                 ok, value = False, e
         try:
-            job.done(ok, value)
+            return job.done(ok, value)
         except Exception:
             log.exception("reporting the outcome of %r failed", job)
+            return None
