@@ -31,6 +31,7 @@ import yaml
 from bndl.k8s.builders import BuildSettings, JobRef, children, new_tls
 from bndl.manifest import load_plan
 from tests.cluster import config as cluster_config
+from tests.conftest import find_helm
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "bndl"
@@ -102,12 +103,13 @@ def checkov() -> str:
     return os.environ.get("BNDL_CHECKOV") or str(_install_checkov(CHECKOV_HOME / CHECKOV_VERSION))
 
 
-def scan(checkov: str, directory: Path) -> tuple[dict[str, Any], Findings]:
-    """checkov's summary for the manifests in ``directory`` and its failed checks by check id
-    (each with the resources that fail it)."""
+def scan(checkov: str, directory: Path) -> dict[str, tuple[dict[str, Any], Findings]]:
+    """One checkov run over the targets in ``directory``, a folder of manifests each: by target
+    (the folder's name), its summary and its failed checks by check id (each with the resources
+    that fail it). One run for all: checkov's start-up is most of its time."""
     proc = subprocess.run(
         [checkov, "--directory", str(directory), "--framework", "kubernetes", "--output", "json",
-         "--quiet", "--compact", "--skip-download"],
+         "--compact", "--skip-download"],
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     # Exit status 1 means "some checks failed", which the caller judges.
@@ -115,13 +117,25 @@ def scan(checkov: str, directory: Path) -> tuple[dict[str, Any], Findings]:
     report = json.loads(proc.stdout)
     if isinstance(report, list):  # one report per framework
         [report] = [r for r in report if r.get("check_type") == "kubernetes"]
-    failed: Findings = {}
-    for check in report["results"]["failed_checks"]:
-        failed.setdefault(check["check_id"], set()).add(check["resource"])
     summary = report["summary"]
     assert summary["parsing_errors"] == 0, f"checkov could not parse {directory}: {summary}"
-    assert summary["resource_count"] > 0, f"checkov found no resources in {directory}"
-    return summary, failed
+    by_target: dict[str, tuple[dict[str, Any], Findings]] = {}
+    for target in sorted(p.name for p in directory.iterdir()):
+        results = {
+            outcome: [
+                c for c in report["results"].get(outcome, [])
+                if c["file_path"].startswith(f"/{target}/")
+            ]
+            for outcome in ("passed_checks", "failed_checks", "skipped_checks")
+        }  # fmt: skip
+        failed: Findings = {}
+        for check in results["failed_checks"]:
+            failed.setdefault(check["check_id"], set()).add(check["resource"])
+        resources = {c["resource"] for checks in results.values() for c in checks}
+        assert resources, f"checkov found no resources in {directory / target}"
+        counts = {key: len(results[f"{key}_checks"]) for key in ("passed", "failed", "skipped")}
+        by_target[target] = counts, failed
+    return by_target
 
 
 def judge(target: str, summary: dict[str, Any], failed: Findings) -> None:
@@ -143,38 +157,52 @@ def judge(target: str, summary: dict[str, Any], failed: Findings) -> None:
 # --------------------------------------------------------------------------------------- tests
 
 
-@pytest.fixture
-def manifests(tmp_path: Path) -> Path:
-    """An empty folder for the manifests checkov reads (nothing else in it)."""
-    out = tmp_path / "manifests"
-    out.mkdir()
-    return out
-
-
-@pytest.mark.timeout(1800)  # the first run creates checkov's virtualenv
-def test_the_rendered_chart_fails_no_checkov_check_but_the_allowed(
-    checkov: str, helm_binary: str, manifests: Path
-) -> None:
-    rendered = subprocess.run(
-        [helm_binary, "template", "bndl", str(CHART), "-n", "bndl-system",
+def rendered_chart(helm: str) -> str:
+    return subprocess.run(
+        [helm, "template", "bndl", str(CHART), "-n", "bndl-system",
          "--kube-version", cluster_config.VERSIONS["K8S_VERSION"]],
         capture_output=True, text=True, timeout=120, check=True,
         env={**os.environ, "HELM_CACHE_HOME": "/tmp/bndl-helm-cache"},
     ).stdout  # fmt: skip
-    (manifests / "chart.yaml").write_text(rendered)
-    judge("chart", *scan(checkov, manifests))
 
 
-@pytest.mark.timeout(1800)
-def test_a_jobs_children_fail_no_checkov_check_but_the_allowed(
-    checkov: str, manifests: Path
-) -> None:
+def a_jobs_children() -> str:
     plan = load_plan(REPO / "examples" / "diamond.yaml")
     settings = BuildSettings(worker_metrics_port=9470)  # its NetworkPolicy rule and pod port too
     job = JobRef("j", "ns", "uid")
     objs = children(job, plan, settings, new_tls(job))
-    (manifests / "children.yaml").write_text(yaml.safe_dump_all(objs, sort_keys=False))
-    judge("children", *scan(checkov, manifests))
+    return yaml.safe_dump_all(objs, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def scanned(
+    checkov: str, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, tuple[dict[str, Any], Findings]]:
+    """checkov's findings by target: "chart" (when there is a helm) and "children", each in a
+    folder of its own (nothing else in it)."""
+    root = tmp_path_factory.mktemp("checkov")
+    helm = find_helm()
+    manifests = {"children": a_jobs_children()}
+    if helm is not None:
+        manifests["chart"] = rendered_chart(helm)
+    for target, text in manifests.items():
+        (root / target).mkdir()
+        (root / target / f"{target}.yaml").write_text(text)
+    return scan(checkov, root)
+
+
+@pytest.mark.timeout(1800)  # the first run creates checkov's virtualenv
+def test_the_rendered_chart_fails_no_checkov_check_but_the_allowed(
+    helm_binary: str, scanned: dict[str, tuple[dict[str, Any], Findings]]
+) -> None:
+    judge("chart", *scanned["chart"])
+
+
+@pytest.mark.timeout(1800)
+def test_a_jobs_children_fail_no_checkov_check_but_the_allowed(
+    scanned: dict[str, tuple[dict[str, Any], Findings]],
+) -> None:
+    judge("children", *scanned["children"])
 
 
 def test_every_deliberate_choice_is_explained_in_the_chart_readme() -> None:

@@ -7,7 +7,7 @@ import operator
 import os
 import signal
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -54,28 +54,34 @@ class Prefers(RmiTask):
         return [(w, 1.0) for w in workers if w.name == self.prefer]
 
 
+@pytest.fixture(scope="module")
+def ctx() -> Iterator[ExecutionContext]:
+    """Two workers for the tests that neither kill, stop nor reconfigure them (a cluster's start
+    is most of such a test's time)."""
+    with LocalCluster(workers=2) as ctx:
+        yield ctx
+
+
 def by_name(cluster: LocalCluster, name: str) -> WorkerProcess:
     (process,) = [p for p in cluster.processes if p.worker.name == name]
     return process
 
 
-def test_a_dag_runs_on_worker_processes() -> None:
-    with LocalCluster(workers=2) as ctx:
-        a = RmiTask(ctx, "a", sum, (range(10),))
-        b = RmiTask(ctx, "b", operator.mul, (ResultOf("a"), 2)).depends_on(a)
-        c = RmiTask(ctx, "c", operator.add, (ResultOf("a"), 1)).depends_on(a)
-        d = RmiTask(ctx, "d", operator.add, (ResultOf("b"), ResultOf("c"))).depends_on(b, c)
-        results = {t.id: t.result() for t in ctx.execute(Job(ctx, [a, b, c, d]), concurrency=2)}
-        assert results == {"a": 45, "b": 90, "c": 46, "d": 136}
-        assert ctx.await_workers() == 2
+def test_a_dag_runs_on_worker_processes(ctx: ExecutionContext) -> None:
+    a = RmiTask(ctx, "a", sum, (range(10),))
+    b = RmiTask(ctx, "b", operator.mul, (ResultOf("a"), 2)).depends_on(a)
+    c = RmiTask(ctx, "c", operator.add, (ResultOf("a"), 1)).depends_on(a)
+    d = RmiTask(ctx, "d", operator.add, (ResultOf("b"), ResultOf("c"))).depends_on(b, c)
+    results = {t.id: t.result() for t in ctx.execute(Job(ctx, [a, b, c, d]), concurrency=2)}
+    assert results == {"a": 45, "b": 90, "c": 46, "d": 136}
+    assert ctx.await_workers() == 2
 
 
-def test_remote_exception_keeps_its_type_and_traceback() -> None:
-    with LocalCluster(workers=1) as ctx:
-        job = Job(ctx, [RmiTask(ctx, "bad", int, ("not a number",))])
-        with pytest.raises(ValueError, match="invalid literal") as info:
-            list(ctx.execute(job))
-        assert "int" in "".join(str(c) for c in [info.value.__cause__])
+def test_remote_exception_keeps_its_type_and_traceback(ctx: ExecutionContext) -> None:
+    job = Job(ctx, [RmiTask(ctx, "bad", int, ("not a number",))])
+    with pytest.raises(ValueError, match="invalid literal") as info:
+        list(ctx.execute(job))
+    assert "int" in "".join(str(c) for c in [info.value.__cause__])
 
 
 def test_kill_9_mid_job_recomputes_lost_outputs_and_charges_nothing(tmp_path: Path) -> None:
@@ -115,26 +121,25 @@ def test_kill_9_mid_job_recomputes_lost_outputs_and_charges_nothing(tmp_path: Pa
         assert len(ctx.workers) == 1
 
 
-def test_closing_the_generator_stops_running_tasks(tmp_path: Path) -> None:
-    with LocalCluster(workers=2) as ctx:
-        tasks = [RmiTask(ctx, "quick", int)]
-        tasks += [
-            RmiTask(
-                ctx,
-                f"spin-{i}",
-                spin_until_cancelled,
-                (str(tmp_path / f"started-{i}"), str(tmp_path / f"cancelled-{i}")),
-            )
-            for i in range(2)
-        ]
-        gen = ctx.execute(Job(ctx, tasks), order_results=False, concurrency=2)
-        assert next(gen).id == "quick"
-        wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2)
-        gen.close()
-        wait_until(lambda: len(list(tmp_path.glob("cancelled-*"))) == 2)
-        # The workers are still fine.
-        (task,) = ctx.execute(Job(ctx, [RmiTask(ctx, "after", abs, (-3,))]))
-        assert task.result() == 3
+def test_closing_the_generator_stops_running_tasks(ctx: ExecutionContext, tmp_path: Path) -> None:
+    tasks = [RmiTask(ctx, "quick", int)]
+    tasks += [
+        RmiTask(
+            ctx,
+            f"spin-{i}",
+            spin_until_cancelled,
+            (str(tmp_path / f"started-{i}"), str(tmp_path / f"cancelled-{i}")),
+        )
+        for i in range(2)
+    ]
+    gen = ctx.execute(Job(ctx, tasks), order_results=False, concurrency=2)
+    assert next(gen).id == "quick"
+    wait_until(lambda: len(list(tmp_path.glob("started-*"))) == 2)
+    gen.close()
+    wait_until(lambda: len(list(tmp_path.glob("cancelled-*"))) == 2)
+    # The workers are still fine.
+    (task,) = ctx.execute(Job(ctx, [RmiTask(ctx, "after", abs, (-3,))]))
+    assert task.result() == 3
 
 
 def test_a_hung_worker_is_detected_by_timeouts(tmp_path: Path) -> None:
@@ -175,29 +180,28 @@ def busy(n: int) -> int:
     return sum(i * i for i in range(n))
 
 
-def test_profiling_covers_the_worker_processes() -> None:
-    with LocalCluster(workers=2) as ctx:
-        ctx.cpu_profiling.start()
-        list(ctx.execute(Job(ctx, [RmiTask(ctx, i, busy, (50_000,)) for i in range(4)])))
-        ctx.cpu_profiling.stop()
-        per_worker = ctx.cpu_profiling.get_stats(per_worker=True)
-        assert sorted(w.name for w, _ in per_worker) == ["local-0", "local-1"]
-        merged = ctx.cpu_profiling.get_stats()
-        (stat,) = [s for s in merged if s.name == "busy"]
-        assert stat.ncall == 4
-        out = io.StringIO()
-        ctx.cpu_profiling.print_stats(max_rows=5, include="tests.test_local_cluster", file=out)
-        assert "Clock type" in out.getvalue() and "busy" in out.getvalue()
+def test_profiling_covers_the_worker_processes(ctx: ExecutionContext) -> None:
+    ctx.cpu_profiling.start()
+    list(ctx.execute(Job(ctx, [RmiTask(ctx, i, busy, (50_000,)) for i in range(4)])))
+    ctx.cpu_profiling.stop()
+    per_worker = ctx.cpu_profiling.get_stats(per_worker=True)
+    assert sorted(w.name for w, _ in per_worker) == ["local-0", "local-1"]
+    merged = ctx.cpu_profiling.get_stats()
+    (stat,) = [s for s in merged if s.name == "busy"]
+    assert stat.ncall == 4
+    out = io.StringIO()
+    ctx.cpu_profiling.print_stats(max_rows=5, include="tests.test_local_cluster", file=out)
+    assert "Clock type" in out.getvalue() and "busy" in out.getvalue()
 
-        ctx.memory_profiling.start()
-        try:
-            first = ctx.memory_profiling.print_top(limit=3, file=io.StringIO())
-            list(ctx.execute(Job(ctx, [RmiTask(ctx, i, bytearray, (10**6,)) for i in range(2)])))
-            out = io.StringIO()
-            ctx.memory_profiling.print_top(limit=3, compare_to=first, file=out)
-            assert "Total allocated size" in out.getvalue()
-        finally:
-            ctx.memory_profiling.stop()
+    ctx.memory_profiling.start()
+    try:
+        first = ctx.memory_profiling.print_top(limit=3, file=io.StringIO())
+        list(ctx.execute(Job(ctx, [RmiTask(ctx, i, bytearray, (10**6,)) for i in range(2)])))
+        out = io.StringIO()
+        ctx.memory_profiling.print_top(limit=3, compare_to=first, file=out)
+        assert "Total allocated size" in out.getvalue()
+    finally:
+        ctx.memory_profiling.stop()
 
 
 def test_the_clusters_tls_material_is_private_and_removed_with_it() -> None:
