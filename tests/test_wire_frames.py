@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import pickle
 import threading
 
@@ -106,13 +107,29 @@ def test_undecodable_outcome_fails_only_that_task() -> None:
     assert "result of task k could not be unpickled" in str(completion.error)
 
 
-def test_results_round_trip_and_unpicklable_values() -> None:
-    from bndl.wire.tasks import decode_results, encode_results
+def test_results_round_trip_large_ones_raw_and_unpicklable_values() -> None:
+    from bndl.wire.tasks import RAW_RESULT, encode_results, read_results
 
-    body = encode_results({"a": [1], "b": "x"})
-    assert {k: pickle.loads(v) for k, v in decode_results(body).items()} == {"a": [1], "b": "x"}
-    assert decode_results(b"") == {}
+    def read(chunks: list[bytes]) -> dict[str, bytes]:
+        async def go() -> dict[str, bytes]:
+            reader = asyncio.StreamReader()
+            reader.feed_data(b"".join(chunks))
+            reader.feed_eof()
+            return await read_results(reader.readexactly)
+
+        return asyncio.run(go())
+
+    big = b"x" * RAW_RESULT
+    chunks = encode_results({"a": [1], "big": big, "b": "x"})
+    assert any(chunk is not big and len(chunk) > RAW_RESULT for chunk in chunks)  # sent raw
+    values = {k: pickle.loads(v) for k, v in read(chunks).items()}
+    assert values == {"a": [1], "big": big, "b": "x"}
+    assert read([]) == {}
     with pytest.raises(ResultNotPicklable, match="result of task lock"):
-        decode_results(encode_results({"ok": 1, "lock": threading.Lock()}))
-    with pytest.raises(frames.FrameError, match="truncated"):
-        decode_results(body[:-1])
+        read(encode_results({"ok": 1, "lock": threading.Lock()}))
+    body = b"".join(chunks)
+    for cut in (1, 10, len(big) // 2):
+        with pytest.raises(frames.FrameError, match="truncated"):
+            read([body[:-cut]])
+    with pytest.raises(frames.FrameError, match="unexpected results frame"):
+        read([frames.encode(("run", "k", b""))])

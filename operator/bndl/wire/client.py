@@ -49,8 +49,8 @@ from bndl.wire.tasks import (
     TaskItem,
     decode_error,
     decode_outcome,
-    decode_results,
     encode_task,
+    read_results,
 )
 
 PICKLE_TYPE = "application/x-bndl-pickle"
@@ -339,11 +339,10 @@ class WorkerClient:
         async with self._exchange(
             "POST", "/v1/results/fetch", body, content_type=JSON_TYPE
         ) as response:
-            data = await response.read()
-        try:
-            return decode_results(data)
-        except frames.FrameError as e:
-            raise ProtocolError(f"undecodable results: {e}", self.name) from e
+            try:
+                return await read_results(response.content.readexactly)
+            except frames.FrameError as e:
+                raise ProtocolError(f"undecodable results: {e}", self.name) from e
 
     async def release(self, keys: Iterable[str] = (), prefix: str | None = None) -> int:
         """Drop held results by key and/or key prefix; returns how many were dropped."""

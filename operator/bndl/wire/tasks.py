@@ -16,11 +16,12 @@ picklable exception here, naming the task.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import pickle
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -163,29 +164,58 @@ def encode_result(key: str, value: Any) -> bytes:
     return blob
 
 
-def encode_results(values: dict[str, Any]) -> bytes:
-    """Frames of held results: ``("result", key, blob)``, or ``("error", key, message)`` for a
-    value that cannot be pickled."""
+RAW_RESULT = 1 << 20
+"""Results of at least this many pickled bytes travel raw after their frame (no copy into it)."""
+
+
+def encode_results(values: dict[str, Any]) -> list[bytes]:
+    """The chunks of a held-results body, to write one after the other: a frame
+    ``("result", key, blob)`` per small result; for a large one a frame ``("raw", key, size)``
+    followed by its ``size`` pickled bytes as they are; ``("error", key, message)`` for a value
+    that cannot be pickled."""
     chunks = []
     for key, value in values.items():
         try:
-            chunks.append(frames.encode(("result", key, encode_result(key, value))))
+            blob = encode_result(key, value)
         except ResultNotPicklable as e:
             chunks.append(frames.encode(("error", key, str(e))))
-    return b"".join(chunks)
+            continue
+        if len(blob) < RAW_RESULT:
+            chunks.append(frames.encode(("result", key, blob)))
+        else:
+            chunks += (frames.encode(("raw", key, len(blob))), blob)
+    return chunks
 
 
-def decode_results(body: bytes) -> dict[str, bytes]:
-    """The pickled results in a :func:`encode_results` body; raises ResultNotPicklable."""
-    decoder = frames.FrameDecoder()
-    results = {}
-    for kind, key, payload in decoder.feed(body):
+async def read_results(read_exactly: Callable[[int], Awaitable[bytes]]) -> dict[str, bytes]:
+    """The pickled results of an :func:`encode_results` body, read with ``read_exactly`` (an
+    ``asyncio.StreamReader.readexactly``: raises ``IncompleteReadError`` at the end) until the
+    body ends; raises :class:`ResultNotPicklable`, or ``FrameError`` when it is malformed."""
+    results: dict[str, bytes] = {}
+    while True:
+        try:
+            header = await read_exactly(frames.HEADER.size)
+        except asyncio.IncompleteReadError as e:
+            if e.partial:
+                raise FrameError("truncated results") from e
+            return results
+        (size,) = frames.HEADER.unpack(header)
+        try:
+            message = frames.decode(await read_exactly(size))
+            kind, key, payload = message
+            if kind == "raw":
+                if not isinstance(payload, int) or payload < 0:
+                    raise FrameError(f"a raw result of {payload!r} bytes")
+                payload = await read_exactly(payload)
+        except asyncio.IncompleteReadError as e:
+            raise FrameError("truncated results") from e
+        except (TypeError, ValueError) as e:
+            raise FrameError(f"malformed results: {e}") from e
         if kind == "error":
             raise ResultNotPicklable(payload)
+        if kind not in ("result", "raw") or not isinstance(key, str):
+            raise FrameError(f"unexpected results frame {kind!r}")
         results[key] = payload
-    if decoder.pending:
-        raise frames.FrameError("truncated results")
-    return results
 
 
 def encode_error(key: str, error: BaseException, output: str = "") -> bytes:

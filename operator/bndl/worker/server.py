@@ -314,8 +314,9 @@ async def fetch(request: web.Request) -> web.Response:
     return web.Response(body=body, content_type=PICKLE_TYPE)
 
 
-async def fetch_many(request: web.Request) -> web.Response:
-    """Several results in one response: a frame per held key (see ``WorkerClient.fetch_many``)."""
+async def fetch_many(request: web.Request) -> web.StreamResponse:
+    """Several results in one response: a frame per held key, large ones raw after theirs (see
+    ``WorkerClient.fetch_many``)."""
     keys = await _json_field(request, "keys")
     if not isinstance(keys, list) or not all(isinstance(key, str) for key in keys):
         return error_response(400, '"keys" must be a list of strings')
@@ -325,10 +326,15 @@ async def fetch_many(request: web.Request) -> web.Response:
         with contextlib.suppress(KeyError):  # not held: left out of the answer
             values[key] = store.get(key)
     if all(_small(value) for value in values.values()):
-        body = encode_results(values)
-    else:
-        body = await asyncio.to_thread(encode_results, values)
-    return web.Response(body=body, content_type=FRAMES_TYPE)
+        return web.Response(body=b"".join(encode_results(values)), content_type=FRAMES_TYPE)
+    chunks = await asyncio.to_thread(encode_results, values)  # pickling: off the loop
+    response = web.StreamResponse(headers={"Content-Type": FRAMES_TYPE})
+    response.content_length = sum(map(len, chunks))
+    await response.prepare(request)
+    for chunk in chunks:  # each as it is: a large result is not copied into one body
+        await response.write(chunk)
+    await response.write_eof()
+    return response
 
 
 _SCALARS = (int, float, complex, bool, type(None))
