@@ -63,6 +63,14 @@ def test_inputs_computed_on_two_workers_wait_until_only_one_is_left() -> None:
     assert (d.task, d.worker) == (2, "w1")  # queued behind input 1
 
 
+def test_nothing_is_queued_behind_a_run_adopted_from_an_earlier_driver() -> None:
+    # the worker runs the adopted run outside this job's queue: a task sent behind it would
+    # start at once and miss its input
+    core = SchedulerCore(chain(3), ["w0"], ahead=3, running={0: "w0"})
+    assert [d.task for d in dispatches(core.start())] == [0]  # attached to, not queued behind
+    assert [d.task for d in dispatches(core.task_succeeded(0, 1))] == [1, 2]  # 2 behind 1
+
+
 def test_a_failed_input_makes_the_dependent_wait_uncharged_and_both_run_again() -> None:
     core = SchedulerCore(chain(3), ["w0"], ahead=2, attempts=2)
     runs = {d.task: d.run for d in dispatches(core.start())}

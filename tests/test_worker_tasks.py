@@ -271,6 +271,25 @@ def test_kept_results_are_held_fetched_and_released(worker: WorkerProcess) -> No
     run(check)
 
 
+def test_a_release_on_the_channel_drops_results_after_the_runs_sent_before_it(
+    worker: WorkerProcess,
+) -> None:
+    async def check() -> None:
+        async with client(worker) as c:
+            assert (await run_one(c, TaskItem("rel1/a", abs, (-1,), keep=True, reply=False))).ok
+            assert (await run_one(c, TaskItem("rel2/a", abs, (-2,), keep=True, reply=False))).ok
+            c.release_soon("rel1/")
+
+            async def released() -> bool:
+                return "rel1/a" not in (await c.held())["held"]
+
+            await wait_until_async(released, what="the release to reach the worker")
+            assert "rel2/a" in (await c.held())["held"]  # another prefix stays
+            assert await c.release(prefix="rel2/") == 1
+
+    run(check)
+
+
 def test_a_kept_unpicklable_result_fails_when_fetched(worker: WorkerProcess) -> None:
     async def check() -> None:
         async with client(worker) as c:

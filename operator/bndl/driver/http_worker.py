@@ -148,13 +148,9 @@ class HttpWorker:
         self._loop.call(partial(self.client.withdraw_soon, [key]))
 
     def release(self, prefix: str) -> None:
-        self._loop.spawn(self._quietly(self.client.release(prefix=prefix), "release"))
-
-    async def _quietly(self, coro: Any, what: str) -> None:
-        try:
-            await coro
-        except Exception as e:  # best effort: a gone worker neither runs nor holds anything
-            log.debug("%s on %s failed: %s", what, self.name, e)
+        """Drop the worker's results under ``prefix``, after the runs and cancels sent before
+        (best effort: a gone worker holds nothing)."""
+        self._loop.call(partial(self.client.release_soon, prefix))
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return self._wait(self.client.call(fn, *args, **kwargs), "call")

@@ -919,6 +919,8 @@ class SchedulerCore:
                 if holder is not None and holder not in self._live:
                     return None
             elif s == _RUNNING:
+                if self._run[j] == 1 and j in self._adopt_running:
+                    return None  # a run of an earlier driver: not in this job's queue there
                 w = self._running_on[j]
                 if target is None:
                     target = w

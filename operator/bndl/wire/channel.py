@@ -39,6 +39,7 @@ PATH = "/v1/channel"
 RUN = "run"
 CANCEL = "cancel"
 WITHDRAW = "withdraw"
+RELEASE = "release"
 MOVED = "moved"
 
 Connect = Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]]
@@ -102,9 +103,17 @@ class Channel:
         """Ask for ``keys`` back if they wait for a slot, after every run sent before it."""
         self._send_keys(WITHDRAW, keys)
 
+    def release(self, prefix: str) -> None:
+        """Drop the results the worker keeps under keys starting with ``prefix``, after every
+        run and cancel sent before (fire and forget)."""
+        self._queue(RELEASE, prefix)
+
     def _send_keys(self, kind: str, keys: Sequence[str]) -> None:
+        self._queue(kind, list(keys))
+
+    def _queue(self, kind: str, payload: object) -> None:
         self._flush_runs()
-        self._outgoing.append(frames.encode((kind, list(keys))))
+        self._outgoing.append(frames.encode((kind, payload)))
         self._schedule()
 
     async def close(self) -> None:

@@ -262,6 +262,12 @@ class WorkerClient:
         end with ``TaskCancelled``); runs that started go on. No answer."""
         self._channel.withdraw(keys)
 
+    def release_soon(self, prefix: str) -> None:
+        """Drop held results under keys starting with ``prefix``, through the channel, after
+        the runs and cancels sent before (no answer): a run cancelled just before cannot keep
+        its result after the release."""
+        self._channel.release(prefix)
+
     async def _open_channel(self) -> aiohttp.ClientWebSocketResponse:
         # A stopped worker's kernel still accepts connections: bound the handshake too.
         deadline = self.settings.connect_timeout + self.settings.heartbeat_timeout
