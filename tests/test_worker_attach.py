@@ -26,6 +26,7 @@ from bndl.wire import (
     WorkerClient,
     create_session,
 )
+from bndl.wire.channel import ACK
 from tests.helpers.waiting import wait_for_file, wait_until, wait_until_async
 from tests.test_worker_harness import (
     TLS,
@@ -173,6 +174,52 @@ def test_an_orphan_past_its_grace_period_is_cancelled(tmp_path: Path) -> None:
                 assert "g/spin" in str(done.error) and "w-grace" in str(done.error)
 
         run(check)
+
+
+def test_a_completion_the_driver_did_not_acknowledge_is_kept_for_the_next_one(
+    worker: WorkerProcess, tmp_path: Path
+) -> None:
+    """A completion written as the driver went away (it never acknowledged it) is kept; one it
+    acknowledged is not kept twice."""
+    go = str(tmp_path / "go")
+
+    async def check() -> None:
+        async with create_session() as session:
+            gone = WorkerClient(worker.name, worker.url, TLS, session)
+            channel = gone._channel
+            send = channel._queue
+            channel._queue = lambda kind, payload: (  # type: ignore[method-assign]
+                None if kind == ACK else send(kind, payload)
+            )
+            (done,) = [x async for x in gone.run([TaskItem("ack/lost", abs, (-3,))])]
+            assert done.ok and done.value == 3
+            stream = gone.run([TaskItem("ack/gated", wait_for_file, (go,))])
+            waiting = asyncio.ensure_future(first(stream))
+            await wait_until_async(_running(gone, "ack/gated"), what="ack/gated runs")
+            waiting.cancel()
+            await asyncio.gather(waiting, return_exceptions=True)
+        async with client(worker) as c:
+            await wait_until_async(lambda: _all_orphaned(c, {"ack/gated"}), what="the orphan")
+            assert "ack/lost" in (await c.held())["finished"]
+            (again,) = [x async for x in c.attach(["ack/lost"])]
+            assert again.ok and again.value == 3
+
+            # a driver that acknowledges: after its next round trip, nothing is kept twice
+            async with create_session() as session:
+                acking = WorkerClient(worker.name, worker.url, TLS, session)
+                for key in ("ack/seen", "ack/next"):
+                    (done,) = [x async for x in acking.run([TaskItem(key, abs, (-1,))])]
+                    assert done.ok
+                stream = acking.run([TaskItem("ack/gated2", wait_for_file, (go,))])
+                waiting = asyncio.ensure_future(first(stream))
+                await wait_until_async(_running(acking, "ack/gated2"), what="ack/gated2 runs")
+                waiting.cancel()
+                await asyncio.gather(waiting, return_exceptions=True)
+            await wait_until_async(lambda: _all_orphaned(c, {"ack/gated2"}), what="the orphan")
+            assert "ack/seen" not in (await c.held())["finished"]
+            Path(go).touch()
+
+    run(check)
 
 
 def test_attach_to_an_unknown_key_is_run_not_found(worker: WorkerProcess) -> None:

@@ -11,6 +11,10 @@ Completions are handed to a callback per run (:meth:`Channel.submit`), straight 
 no task, queue or generator per run, so the driver's cost per task stays small.
 (:meth:`bndl.wire.client.WorkerClient.run` wraps the same in an async generator.)
 
+The driver acknowledges the completions it received (an ``ack`` frame, sent with whatever it
+sends next): until then the worker keeps them, and keeps them for the next driver if this one goes
+away, so a completion written just as the driver went away is not lost.
+
 Loss detection is as before: when the connection breaks, every run waiting on it fails with
 ``NotConnected``; when runs are waiting and no frame (completion or heartbeat) arrives within
 ``heartbeat_timeout``, they fail with ``NotConnected(timed_out=True)`` and the connection is
@@ -40,6 +44,7 @@ RUN = "run"
 CANCEL = "cancel"
 WITHDRAW = "withdraw"
 RELEASE = "release"
+ACK = "ack"
 MOVED = "moved"
 
 Connect = Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]]
@@ -188,9 +193,11 @@ class Channel:
                     raise ConnectionResetError(f"channel closed ({message.type.name})")
                 self._last_frame = loop.time()
                 routes = self._routes
+                received = []
                 for frame in decoder.feed(message.data):
                     if frame[0] == DONE:
                         _, key, ok, blob = frame
+                        received.append(key)
                         deliver = routes.pop(key, None)
                         if deliver is not None:
                             deliver(decode_outcome(key, ok, blob))
@@ -199,6 +206,8 @@ class Channel:
                         if deliver is not None:
                             reason = f"run {frame[1]} was taken over by another driver"
                             deliver(NotConnected(self.name, reason))
+                if received:  # goes out with the runs these completions made the driver send
+                    self._queue(ACK, received)
         except asyncio.CancelledError:
             raise
         except frames.FrameError as e:

@@ -48,6 +48,8 @@ from bndl.worker.threads import Job, TaskThreads
 log = logging.getLogger(__name__)
 
 HEARTBEAT_FRAME = frames.encode(("heartbeat",))
+MAX_UNACKED = 100_000
+"""Completions a channel keeps until its client acknowledges them (the oldest are dropped)."""
 MOVED = channel.MOVED
 """A channel frame ``("moved", key)``: run ``key`` was taken over by another driver (attach)."""
 
@@ -61,18 +63,22 @@ _CANCEL_POLL = 0.1
 class Stream:
     """The completion frames of one run (or attach) request, waiting to be written to its response.
 
-    Frames are kept with their keys until written, so that the frames of a request whose client
-    went away can be kept as undelivered.
+    Frames are kept with their keys until delivered, so that the frames of a request whose client
+    went away can be kept as undelivered. On a request's stream a frame counts as delivered once
+    its write returned; on a channel's (``tells_moves``) only once the client acknowledged it
+    (an ``ack`` frame): a completion written just as the driver went away is not lost.
     """
 
-    __slots__ = ("chunks", "event", "jobs", "outstanding", "tells_moves", "unconfirmed")
+    __slots__ = ("chunks", "event", "jobs", "outstanding", "tells_moves", "unacked", "unconfirmed")
 
     def __init__(self, tells_moves: bool = False) -> None:
         self.tells_moves = tells_moves
         """A channel's stream, which lasts: a run moved away is told with a ``moved`` frame
-        (a request's stream ends instead, once nothing is outstanding)."""
-        self.chunks: list[tuple[str, bytes]] = []
+        (a request's stream ends instead, once nothing is outstanding), and the client
+        acknowledges the completions it received."""
+        self.chunks: list[tuple[str, bytes]] = []  # key "": a frame that is no completion
         self.unconfirmed: list[tuple[str, bytes]] = []  # taken, but their write has not returned
+        self.unacked: dict[str, bytes] = {}  # written on a channel, not acknowledged yet
         self.event = asyncio.Event()
         self.jobs: dict[str, TaskJob] = {}
         self.outstanding = 0
@@ -86,7 +92,7 @@ class Stream:
         """Stop waiting for ``key``: its job moved to another stream."""
         if self.jobs.pop(key, None) is not None:
             if self.tells_moves:
-                self.chunks.append((key, frames.encode((MOVED, key))))
+                self.chunks.append(("", frames.encode((MOVED, key))))
             self.outstanding -= 1
             self.event.set()
 
@@ -106,11 +112,24 @@ class Stream:
         return b"".join(frame for _, frame in self.unconfirmed)
 
     def written(self) -> None:
+        if self.tells_moves:
+            unacked = self.unacked
+            for key, frame in self.unconfirmed:
+                if key:
+                    unacked[key] = frame
+            while len(unacked) > MAX_UNACKED:  # a client that never acknowledges: bounded
+                del unacked[next(iter(unacked))]
         self.unconfirmed = []
 
+    def acked(self, keys: Iterable[str]) -> None:
+        """The client received the completions of ``keys``."""
+        for key in keys:
+            self.unacked.pop(key, None)
+
     def undelivered(self) -> list[tuple[str, bytes]]:
-        """The frames that may not have reached the client."""
-        return [*self.unconfirmed, *self.chunks]
+        """The completion frames that may not have reached the client."""
+        frames_ = [*self.unacked.items(), *self.unconfirmed, *self.chunks]
+        return [(key, frame) for key, frame in frames_ if key]
 
 
 class TaskJob(Job):
@@ -293,7 +312,7 @@ class TaskRunner:
         deadline = time.monotonic() + self.orphan_grace
         for key, frame in stream.undelivered():
             self._keep_undelivered(key, deadline, frame)
-        stream.chunks, stream.unconfirmed = [], []
+        stream.chunks, stream.unconfirmed, stream.unacked = [], [], {}
         for key, job in stream.jobs.items():
             job.stream = None
             self._orphans[key] = deadline

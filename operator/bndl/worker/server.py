@@ -36,7 +36,7 @@ import cloudpickle
 from aiohttp import web
 
 from bndl.wire import frames
-from bndl.wire.channel import CANCEL, RELEASE, RUN, WITHDRAW
+from bndl.wire.channel import ACK, CANCEL, RELEASE, RUN, WITHDRAW
 from bndl.wire.channel import PATH as channel_path
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.tasks import decode_items, decode_run, encode_results
@@ -255,6 +255,10 @@ def _channel_frame(runner: TaskRunner, stream: Stream, frame: Any) -> None:
     kind, payload = frame
     if kind == RUN:
         runner.start(decode_items(payload), stream)
+    elif kind == ACK:
+        if not isinstance(payload, list) or not all(isinstance(k, str) for k in payload):
+            raise ValueError("an ack frame carries a list of keys")
+        stream.acked(payload)
     elif kind == RELEASE:
         if not isinstance(payload, str):
             raise ValueError("a release frame carries a key prefix")
