@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bndl.execute.exceptions import TaskCancelled
@@ -14,6 +12,7 @@ from bndl.wire import RunNotFound, TaskItem, frames
 from bndl.wire.tasks import DONE, decode_outcome, decode_run, encode_run, encode_task
 from bndl.worker.context import WorkerInfo
 from bndl.worker.runner import Stream, TaskRunner
+from tests.helpers.waiting import wait_until_async
 
 GATE = threading.Event()
 
@@ -50,28 +49,17 @@ def outcomes(stream: Stream) -> dict[str, Any]:
     return result
 
 
-async def until(condition: Callable[[], bool] | Callable[[], Awaitable[bool]]) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        value = condition()
-        if not isinstance(value, bool):
-            value = await value
-        if value:
-            return
-        assert time.monotonic() < deadline, "condition not met in 10 s"
-        await asyncio.sleep(0.005)
-
-
 def test_frames_of_a_lost_stream_are_kept_and_delivered_once() -> None:
     async def check() -> None:
         r = runner(grace=60)
         GATE.clear()
         stream = r.start(tasks(TaskItem("quick", int, ("7",)), TaskItem("gated", gated)))
-        await until(lambda: stream.chunks != [])  # quick is done, its frame not yet written
+        # quick is done, its frame not yet written
+        await wait_until_async(lambda: stream.chunks != [])
         r.orphan(stream)
         assert r.held()["finished"] == ["quick"] and r.held()["running"] == ["gated"]
         GATE.set()
-        await until(lambda: r.held()["running"] == [])
+        await wait_until_async(lambda: r.held()["running"] == [])
         assert r.held()["finished"] == ["quick", "gated"]
         adopted = r.attach(["gated", "quick", "gated", "nobody"])
         assert adopted.outstanding == 0  # three distinct keys, all answered at once
@@ -91,7 +79,7 @@ def test_attach_moves_a_running_task_off_its_stream() -> None:
         new = r.attach(["gated"])
         assert (old.outstanding, new.outstanding) == (0, 1)
         GATE.set()
-        await until(lambda: new.outstanding == 0)
+        await wait_until_async(lambda: new.outstanding == 0)
         assert outcomes(new) == {"gated": "through"} and old.chunks == []
 
     asyncio.run(check())
@@ -103,7 +91,7 @@ def test_an_orphan_past_its_grace_period_is_cancelled_and_forgotten() -> None:
         stream = r.start(tasks(TaskItem("spin", spin)))
         r.orphan(stream)
         assert r.held()["running"] == ["spin"]
-        await until(lambda: (r.expire(), "spin" not in r.running)[1])
+        await wait_until_async(lambda: (r.expire(), "spin" not in r.running)[1])
         assert r.held() == {
             "name": "w-in-process",
             "held": [],
@@ -123,7 +111,7 @@ def test_an_explicit_cancel_still_reaches_an_orphan() -> None:
         stream = r.start(tasks(TaskItem("spin", spin)))
         r.orphan(stream)
         assert r.cancel(["spin"]) == (["spin"], [])
-        await until(lambda: r.held()["finished"] == ["spin"])
+        await wait_until_async(lambda: r.held()["finished"] == ["spin"])
         (error,) = outcomes(r.attach(["spin"])).values()
         assert isinstance(error, TaskCancelled)
 

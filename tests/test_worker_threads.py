@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 from bndl.execute.exceptions import TaskCancelled
 from bndl.worker.threads import Job, TaskThreads
+from tests.helpers.waiting import wait_until
 
 
 class Probe(Job):
@@ -66,10 +66,8 @@ def test_idle_threads_are_reused() -> None:
         threads.submit(job)
         assert job.wait() == (True, work())
         idents.add(job.thread)
-        deadline = time.monotonic() + 10
-        while threads.idle == 0:  # the thread goes back to the cache after reporting
-            assert time.monotonic() < deadline
-            time.sleep(0.001)
+        # the thread goes back to the cache after reporting
+        wait_until(lambda: threads.idle > 0, 10, "the thread back in the cache")
     assert len(idents) == 1
 
 
@@ -91,10 +89,11 @@ def test_idle_threads_exit_after_their_timeout() -> None:
     job = Probe(work)
     threads.submit(job)
     job.wait()
-    deadline = time.monotonic() + 10
-    while any(t.name == "bndl-test-expiring" for t in threading.enumerate()):
-        assert time.monotonic() < deadline, "idle thread did not exit"
-        time.sleep(0.01)
+    wait_until(
+        lambda: not any(t.name == "bndl-test-expiring" for t in threading.enumerate()),
+        10,
+        "the idle thread to exit",
+    )
     assert threads.idle == 0
     again = Probe(work)  # and a new thread is started when needed
     threads.submit(again)
@@ -151,10 +150,8 @@ def test_a_withdrawn_interrupt_leaves_no_pending_flag_behind() -> None:
     assert threads.interrupt(spinning, TaskCancelled)
     ok, error = spinning.wait()
     assert not ok and isinstance(error, TaskCancelled)
-    deadline = time.monotonic() + 10
-    while threads.idle == 0:  # the same thread runs the next job
-        assert time.monotonic() < deadline
-        time.sleep(0.001)
+    # the same thread runs the next job
+    wait_until(lambda: threads.idle > 0, 10, "the thread back in the cache")
     profiled = Probe(_profiled_call)
     threads.submit(profiled)
     assert profiled.finished.wait(10), "the profiled job after a cancel hangs"
