@@ -166,7 +166,7 @@ def test_an_orphan_past_its_grace_period_is_cancelled(tmp_path: Path) -> None:
             )
             async with client(w) as c:
                 await wait_until_async(
-                    lambda: cancelled.exists(), timeout=15, what="the orphan's cancel"
+                    lambda: cancelled.exists(), timeout=60, what="the orphan's cancel"
                 )
                 await wait_until_async(lambda: _equals(held_now(c), ([], [], [])))
                 (done,) = [c async for c in c.attach(["g/spin"])]
