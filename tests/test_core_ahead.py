@@ -12,6 +12,7 @@ from bndl.execute.core import (
     Dispatch,
     Failed,
     FailureKind,
+    Finished,
     SchedulerCore,
     TaskSpec,
     Withdraw,
@@ -96,6 +97,20 @@ def test_an_idle_worker_steals_the_newest_queued_run_once_its_worker_gave_it_bac
     assert (moved.task, moved.run) == (2, 2)
     core.task_succeeded(2, moved.run)
     assert core.closed and core.counts().succeeded == 4 and core.failures(2) == 0
+
+
+def test_a_run_asked_back_that_reached_a_slot_frees_the_idle_worker_to_steal_another() -> None:
+    core = SchedulerCore(independent(4), ["w0", "w1"], concurrency=1, ahead=2)
+    first = dispatches(core.start())
+    assert per_worker(first) == {"w0": [0, 2], "w1": [1, 3]}
+    core.task_succeeded(1, 1)
+    out = core.task_succeeded(3, 1)  # w1 idle: asks w0 for task 2 back
+    assert [d.task for d in out if isinstance(d, Withdraw)] == [2]
+    # w0 finished task 0 and started task 2 before the withdraw came (it is ignored there): w1
+    # may ask for nothing else (nothing else is queued), and no second withdraw of 2 is sent
+    out = core.task_succeeded(0, 1)
+    assert not [d for d in out if isinstance(d, Withdraw)]
+    assert core.task_succeeded(2, 1)[-1] == Finished()
 
 
 def test_a_stolen_run_that_had_started_goes_on_and_runs_once() -> None:
