@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 
 from bndl.execute.exceptions import NotConnected
-from bndl.wire import TaskItem, frames
-from bndl.wire.channel import CANCEL, MOVED, RUN, Channel, Outcome
+from bndl.wire import ProtocolError, TaskItem, frames
+from bndl.wire.channel import ACK, CANCEL, HELLO, MOVED, RUN, WITHDRAW, Channel, Outcome
 from bndl.wire.tasks import DONE
 
 
@@ -191,6 +191,35 @@ def test_completions_of_runs_nobody_waits_for_are_dropped() -> None:
         assert await asyncio.wait_for(_one(channel, connections, "a"), 5) == {"a": 1}
         connections.sockets[0].answer(done("zombie", 0), done("a", 2))
         assert await asyncio.wait_for(_one(channel, connections, "b"), 5) == {"b": 1}
+        await channel.close()
+
+    asyncio.run(check())
+
+
+def test_frames_a_worker_did_not_say_it_understands_are_not_sent() -> None:
+    """An older worker (no hello) gets runs and cancels only; a worker's hello opens the rest,
+    acknowledgements included."""
+
+    async def check() -> None:
+        connections = Connections()
+        channel = Channel("w", connections.connect, heartbeat_timeout=5)
+        assert await asyncio.wait_for(_one(channel, connections, "a"), 5) == {"a": 1}
+        assert not channel.withdraw(["a"]) and not channel.release("job/")
+        socket = connections.sockets[0]
+        socket.answer((HELLO, {"frames": [RUN, CANCEL, WITHDRAW, ACK, "from-the-future"]}))
+        waiting = asyncio.ensure_future(collect(channel, "b"))
+        await sent_soon(socket, 2)
+        socket.answer(done("b", 2))
+        assert await asyncio.wait_for(waiting, 5) == {"b": 2}
+        assert channel.withdraw(["c"]) and not channel.release("job/")
+        await sent_soon(socket, 4)
+        kinds = [kind for message in socket.sent for kind, _ in message]
+        assert kinds == [RUN, RUN, ACK, WITHDRAW]  # no ack before the hello, none for "a"
+        waiting = asyncio.ensure_future(collect(channel, "d"))
+        await sent_soon(socket, 5)
+        socket.answer((HELLO, "nonsense"))  # a malformed hello is a protocol error
+        with pytest.raises(ProtocolError, match="malformed hello"):
+            await asyncio.wait_for(waiting, 5)
         await channel.close()
 
     asyncio.run(check())

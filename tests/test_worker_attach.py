@@ -189,7 +189,7 @@ def test_a_completion_the_driver_did_not_acknowledge_is_kept_for_the_next_one(
             channel = gone._channel
             send = channel._queue
             channel._queue = lambda kind, payload: (  # type: ignore[method-assign]
-                None if kind == ACK else send(kind, payload)
+                False if kind == ACK else send(kind, payload)
             )
             (done,) = [x async for x in gone.run([TaskItem("ack/lost", abs, (-3,))])]
             assert done.ok and done.value == 3

@@ -15,6 +15,7 @@ from bndl.execute.exceptions import TaskCancelled
 from bndl.execute.job import Job, RmiTask
 from bndl.local import LocalCluster
 from bndl.wire import Completion, TaskItem
+from bndl.wire.channel import WITHDRAW
 from bndl.worker.lanes import Lanes
 from tests.helpers.waiting import wait_for_file, wait_until_async
 from tests.test_worker_harness import WorkerProcess, client, run, running_worker
@@ -112,6 +113,9 @@ def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
 
             collecting = asyncio.ensure_future(collect())
             await wait_until_async(lambda: started.exists(), what="the first run to start")
+            await wait_until_async(  # the worker's hello, which says it understands withdraws
+                lambda: WITHDRAW in c._channel._understood, what="the worker's hello"
+            )
             c.withdraw_soon(["w/1", "w/2"])  # the first started: only the second is taken back
             await wait_until_async(lambda: "w/2" in outcomes, what="the withdrawn run's outcome")
             assert isinstance(outcomes["w/2"].error, TaskCancelled)

@@ -11,7 +11,10 @@ Completions are handed to a callback per run (:meth:`Channel.submit`), straight 
 no task, queue or generator per run, so the driver's cost per task stays small.
 (:meth:`bndl.wire.client.WorkerClient.run` wraps the same in an async generator.)
 
-The driver acknowledges the completions it received (an ``ack`` frame, sent with whatever it
+A worker says first which kinds of frame it understands (a ``hello`` frame); frames it does not
+(an older worker, during an upgrade of the operator) are not sent: no acknowledgements, releases
+over HTTP, no withdraw (a queued run is then not stolen). The driver acknowledges the completions
+it received (an ``ack`` frame, sent with whatever it
 sends next): until then the worker keeps them, and keeps them for the next driver if this one goes
 away, so a completion written just as the driver went away is not lost.
 
@@ -45,6 +48,12 @@ CANCEL = "cancel"
 WITHDRAW = "withdraw"
 RELEASE = "release"
 ACK = "ack"
+HELLO = "hello"
+"""The worker's first frame on a channel: ``("hello", {"frames": [...]})``, the kinds of frame it
+understands. A worker that sends none (an older one) understands only runs and cancels."""
+FIRST_FRAMES = frozenset({RUN, CANCEL})
+FRAMES = frozenset({RUN, CANCEL, WITHDRAW, RELEASE, ACK})
+"""The kinds of frame a client sends and a worker of this version understands."""
 MOVED = "moved"
 
 Connect = Callable[[], Awaitable[aiohttp.ClientWebSocketResponse]]
@@ -80,6 +89,7 @@ class Channel:
         self._lock = asyncio.Lock()  # one sender at a time: messages keep their order
         self._sending: set[asyncio.Task[None]] = set()
         self._last_frame = 0.0  # loop time of the last frame received
+        self._understood = FIRST_FRAMES  # what the worker said it understands (its hello)
         self._watchdog: asyncio.TimerHandle | None = None
 
     def submit(self, encoded: Sequence[Encoded], deliver: Deliver) -> None:
@@ -104,22 +114,28 @@ class Channel:
         """Send a cancel of ``keys`` after every run sent before it (fire and forget)."""
         self._send_keys(CANCEL, keys)
 
-    def withdraw(self, keys: Sequence[str]) -> None:
-        """Ask for ``keys`` back if they wait for a slot, after every run sent before it."""
-        self._send_keys(WITHDRAW, keys)
+    def withdraw(self, keys: Sequence[str]) -> bool:
+        """Ask for ``keys`` back if they wait for a slot, after every run sent before it; False
+        (nothing sent) when the worker does not understand it (an older worker)."""
+        return self._send_keys(WITHDRAW, keys)
 
-    def release(self, prefix: str) -> None:
+    def release(self, prefix: str) -> bool:
         """Drop the results the worker keeps under keys starting with ``prefix``, after every
-        run and cancel sent before (fire and forget)."""
-        self._queue(RELEASE, prefix)
+        run and cancel sent before (fire and forget); False (nothing sent) when the worker does
+        not understand it (an older worker)."""
+        return self._queue(RELEASE, prefix)
 
-    def _send_keys(self, kind: str, keys: Sequence[str]) -> None:
-        self._queue(kind, list(keys))
+    def _send_keys(self, kind: str, keys: Sequence[str]) -> bool:
+        return self._queue(kind, list(keys))
 
-    def _queue(self, kind: str, payload: object) -> None:
+    def _queue(self, kind: str, payload: object) -> bool:
+        """Send a frame after the runs before it, if the worker understands its kind."""
+        if kind not in self._understood:
+            return False
         self._flush_runs()
         self._outgoing.append(frames.encode((kind, payload)))
         self._schedule()
+        return True
 
     async def close(self) -> None:
         """Close the connection; runs still waiting raise ``CancelledError``."""
@@ -175,6 +191,7 @@ class Channel:
         ws = self._ws
         if ws is None or ws.closed:
             ws = self._ws = await self._connect()
+            self._understood = FIRST_FRAMES  # until its hello says more
             self._last_frame = asyncio.get_running_loop().time()
             self._reader = asyncio.ensure_future(self._read(ws))
             self._watch(ws)
@@ -206,6 +223,8 @@ class Channel:
                         if deliver is not None:
                             reason = f"run {frame[1]} was taken over by another driver"
                             deliver(NotConnected(self.name, reason))
+                    elif frame[0] == HELLO:
+                        self._understood = _understood(frame)
                 if received:  # goes out with the runs these completions made the driver send
                     self._queue(ACK, received)
         except asyncio.CancelledError:
@@ -246,6 +265,15 @@ class Channel:
         routes, self._routes = self._routes, {}
         for deliver in routes.values():
             deliver(error)
+
+
+def _understood(hello: Any) -> frozenset[str]:
+    """The frame kinds a worker's hello names (of those this client sends)."""
+    info = hello[1] if len(hello) > 1 else None
+    kinds = info.get("frames") if isinstance(info, dict) else None
+    if not isinstance(kinds, list):
+        raise frames.FrameError(f"malformed hello frame {hello!r}")
+    return FIRST_FRAMES | (FRAMES & frozenset(k for k in kinds if isinstance(k, str)))
 
 
 def _ignore_outcome(task: asyncio.Future[Any]) -> None:

@@ -259,14 +259,17 @@ class WorkerClient:
 
     def withdraw_soon(self, keys: Sequence[str]) -> None:
         """Take runs back through the channel if they still wait for a slot on the worker (they
-        end with ``TaskCancelled``); runs that started go on. No answer."""
+        end with ``TaskCancelled``); runs that started go on. No answer; nothing happens on a
+        worker too old to understand it."""
         self._channel.withdraw(keys)
 
     def release_soon(self, prefix: str) -> None:
         """Drop held results under keys starting with ``prefix``, through the channel, after
         the runs and cancels sent before (no answer): a run cancelled just before cannot keep
         its result after the release."""
-        self._channel.release(prefix)
+        if not self._channel.release(prefix):  # a worker too old for it: over HTTP
+            releasing = asyncio.ensure_future(self.release(prefix=prefix))
+            releasing.add_done_callback(_ignore_failure)
 
     async def _open_channel(self) -> aiohttp.ClientWebSocketResponse:
         # A stopped worker's kernel still accepts connections: bound the handshake too.
@@ -412,6 +415,11 @@ class WorkerClient:
         if not isinstance(snapshot, tracemalloc.Snapshot):
             raise ProtocolError("memory snapshot of unexpected type", self.name)
         return snapshot
+
+
+def _ignore_failure(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # best effort: a gone worker holds nothing
 
 
 def merge_cpu_stats(blobs: Iterable[bytes]) -> yappi.YFuncStats:

@@ -36,7 +36,7 @@ import cloudpickle
 from aiohttp import web
 
 from bndl.wire import frames
-from bndl.wire.channel import ACK, CANCEL, RELEASE, RUN, WITHDRAW
+from bndl.wire.channel import ACK, CANCEL, FRAMES, HELLO, RELEASE, RUN, WITHDRAW
 from bndl.wire.channel import PATH as channel_path
 from bndl.wire.client import PICKLE_TYPE, WorkerClient, create_session
 from bndl.wire.tasks import decode_items, decode_run, encode_results
@@ -219,6 +219,9 @@ async def _answer(request: web.Request, stream: Stream) -> web.StreamResponse:
         return response if response is not None else web.Response(status=499)
 
 
+HELLO_FRAME = frames.encode((HELLO, {"frames": sorted(FRAMES)}))
+
+
 async def channel(request: web.Request) -> web.StreamResponse:
     """A driver's (or peer's) channel (:mod:`bndl.wire.channel`): run and cancel messages in,
     completion frames and heartbeats out, for as long as the connection lasts. Its runs become
@@ -228,6 +231,8 @@ async def channel(request: web.Request) -> web.StreamResponse:
     ws = web.WebSocketResponse(max_msg_size=config.max_body, compress=False)
     await ws.prepare(request)
     stream = Stream(tells_moves=True)
+    stream.chunks.append(("", HELLO_FRAME))  # the frames this worker understands, first
+    stream.event.set()
     writer = asyncio.create_task(_write_channel(ws, stream, config.heartbeat_interval))
     decoder = frames.FrameDecoder()
     try:
