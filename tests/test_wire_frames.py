@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import pickle
 import threading
+from typing import Any
 
 import pytest
 
@@ -108,10 +109,10 @@ def test_undecodable_outcome_fails_only_that_task() -> None:
 
 
 def test_results_round_trip_large_ones_raw_and_unpicklable_values() -> None:
-    from bndl.wire.tasks import RAW_RESULT, encode_results, read_results
+    from bndl.wire.tasks import RAW_RESULT, RawBytes, encode_results, load_result, read_results
 
-    def read(chunks: list[bytes]) -> dict[str, bytes]:
-        async def go() -> dict[str, bytes]:
+    def read(chunks: list[bytes | memoryview]) -> dict[str, Any]:
+        async def go() -> dict[str, Any]:
             reader = asyncio.StreamReader()
             reader.feed_data(b"".join(chunks))
             reader.feed_eof()
@@ -119,17 +120,21 @@ def test_results_round_trip_large_ones_raw_and_unpicklable_values() -> None:
 
         return asyncio.run(go())
 
-    big = b"x" * RAW_RESULT
-    chunks = encode_results({"a": [1], "big": big, "b": "x"})
-    assert any(chunk is not big and len(chunk) > RAW_RESULT for chunk in chunks)  # sent raw
-    values = {k: pickle.loads(v) for k, v in read(chunks).items()}
-    assert values == {"a": [1], "big": big, "b": "x"}
+    big, blob = list(range(RAW_RESULT // 4)), b"x" * RAW_RESULT
+    chunks = encode_results({"a": [1], "big": big, "blob": blob, "b": "x"})
+    assert any(isinstance(c, memoryview) and c.obj is blob for c in chunks)  # bytes as they are
+    fetched = read(chunks)
+    assert isinstance(fetched["blob"], RawBytes) and fetched["blob"].value == blob
+    values = {k: load_result(v) for k, v in fetched.items()}
+    assert values == {"a": [1], "big": big, "blob": blob, "b": "x"}
     assert read([]) == {}
     with pytest.raises(ResultNotPicklable, match="result of task lock"):
         read(encode_results({"ok": 1, "lock": threading.Lock()}))
     body = b"".join(chunks)
-    for cut in (1, 10, len(big) // 2):
+    for cut in (1, 10, RAW_RESULT // 2):
         with pytest.raises(frames.FrameError, match="truncated"):
             read([body[:-cut]])
     with pytest.raises(frames.FrameError, match="unexpected results frame"):
         read([frames.encode(("run", "k", b""))])
+    with pytest.raises(frames.FrameError, match="a raw result of -1 bytes"):
+        read([frames.encode(("bytes", "k", -1))])

@@ -46,6 +46,7 @@ from bndl.wire.errors import (
 from bndl.wire.tasks import (
     DONE,
     Completion,
+    Fetched,
     TaskItem,
     decode_error,
     decode_outcome,
@@ -341,9 +342,10 @@ class WorkerClient:
         """The result held under ``key``; ``NotFound`` if the worker does not hold it."""
         return pickle.loads(await self.fetch_bytes(key))
 
-    async def fetch_many(self, keys: Iterable[str]) -> dict[str, bytes]:
-        """The pickled results held under ``keys``, in one request; keys the worker does not
-        hold are left out. ``ResultNotPicklable`` if a held value cannot be pickled."""
+    async def fetch_many(self, keys: Iterable[str]) -> dict[str, Fetched]:
+        """The results held under ``keys``, in one request (their values:
+        :func:`~bndl.wire.tasks.load_result`); keys the worker does not hold are left out.
+        ``ResultNotPicklable`` if a held value cannot be pickled."""
         body = json.dumps({"keys": list(keys)}).encode()
         async with self._exchange(
             "POST", "/v1/results/fetch", body, content_type=JSON_TYPE

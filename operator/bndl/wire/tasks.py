@@ -168,13 +168,33 @@ RAW_RESULT = 1 << 20
 """Results of at least this many pickled bytes travel raw after their frame (no copy into it)."""
 
 
-def encode_results(values: dict[str, Any]) -> list[bytes]:
+@dataclass(frozen=True, slots=True)
+class RawBytes:
+    """A held result that is a large ``bytes`` value, received as it is (never pickled)."""
+
+    value: bytes
+
+
+Fetched = bytes | RawBytes
+"""A fetched result: its pickle, or the value itself when it is large ``bytes``."""
+
+
+def load_result(fetched: Fetched) -> Any:
+    """The value of a fetched result."""
+    return fetched.value if isinstance(fetched, RawBytes) else pickle.loads(fetched)
+
+
+def encode_results(values: dict[str, Any]) -> list[bytes | memoryview]:
     """The chunks of a held-results body, to write one after the other: a frame
     ``("result", key, blob)`` per small result; for a large one a frame ``("raw", key, size)``
-    followed by its ``size`` pickled bytes as they are; ``("error", key, message)`` for a value
-    that cannot be pickled."""
-    chunks = []
+    followed by its ``size`` pickled bytes as they are, or for a large ``bytes`` value a frame
+    ``("bytes", key, size)`` followed by the value itself (no pickling, no copy);
+    ``("error", key, message)`` for a value that cannot be pickled."""
+    chunks: list[bytes | memoryview] = []
     for key, value in values.items():
+        if type(value) is bytes and len(value) >= RAW_RESULT:
+            chunks += (frames.encode(("bytes", key, len(value))), memoryview(value))
+            continue
         try:
             blob = encode_result(key, value)
         except ResultNotPicklable as e:
@@ -187,11 +207,12 @@ def encode_results(values: dict[str, Any]) -> list[bytes]:
     return chunks
 
 
-async def read_results(read_exactly: Callable[[int], Awaitable[bytes]]) -> dict[str, bytes]:
-    """The pickled results of an :func:`encode_results` body, read with ``read_exactly`` (an
-    ``asyncio.StreamReader.readexactly``: raises ``IncompleteReadError`` at the end) until the
-    body ends; raises :class:`ResultNotPicklable`, or ``FrameError`` when it is malformed."""
-    results: dict[str, bytes] = {}
+async def read_results(read_exactly: Callable[[int], Awaitable[bytes]]) -> dict[str, Fetched]:
+    """The results of an :func:`encode_results` body (see :func:`load_result`), read with
+    ``read_exactly`` (an ``asyncio.StreamReader.readexactly``: raises ``IncompleteReadError`` at
+    the end) until the body ends; raises :class:`ResultNotPicklable`, or ``FrameError`` when it
+    is malformed."""
+    results: dict[str, Fetched] = {}
     while True:
         try:
             header = await read_exactly(frames.HEADER.size)
@@ -203,17 +224,19 @@ async def read_results(read_exactly: Callable[[int], Awaitable[bytes]]) -> dict[
         try:
             message = frames.decode(await read_exactly(size))
             kind, key, payload = message
-            if kind == "raw":
-                if not isinstance(payload, int) or payload < 0:
+            if kind in ("raw", "bytes"):
+                if not isinstance(payload, int) or isinstance(payload, bool) or payload < 0:
                     raise FrameError(f"a raw result of {payload!r} bytes")
                 payload = await read_exactly(payload)
+                if kind == "bytes":
+                    payload = RawBytes(payload)
         except asyncio.IncompleteReadError as e:
             raise FrameError("truncated results") from e
         except (TypeError, ValueError) as e:
             raise FrameError(f"malformed results: {e}") from e
         if kind == "error":
             raise ResultNotPicklable(payload)
-        if kind not in ("result", "raw") or not isinstance(key, str):
+        if kind not in ("result", "raw", "bytes") or not isinstance(key, str):
             raise FrameError(f"unexpected results frame {kind!r}")
         results[key] = payload
 

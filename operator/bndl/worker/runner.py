@@ -27,7 +27,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
-import pickle
 import time
 from collections import OrderedDict, defaultdict
 from collections.abc import Callable, Hashable, Iterable
@@ -38,7 +37,7 @@ from bndl.wire import channel, frames
 from bndl.wire.client import WorkerClient
 from bndl.wire.errors import RunNotFound
 from bndl.wire.refs import RemoteRef, find_refs, replace_refs
-from bndl.wire.tasks import DONE, EncodedTask, encode_error, encode_result
+from bndl.wire.tasks import DONE, EncodedTask, Fetched, encode_error, encode_result, load_result
 from bndl.worker import tasklogs, threads
 from bndl.worker.context import WorkerInfo, running_on
 from bndl.worker.lanes import Lanes
@@ -469,7 +468,7 @@ class TaskRunner:
                 if blob is None:
                     _add_lost(lost, ref)
                 else:
-                    values[key] = pickle.loads(blob)
+                    values[key] = load_result(blob)
         if lost:
             raise DependenciesFailed(lost)
 
@@ -479,7 +478,7 @@ class TaskRunner:
         return replace_refs(args, value), replace_refs(kwargs, value)
 
     @staticmethod
-    def _wait(future: concurrent.futures.Future[dict[str, bytes]]) -> dict[str, bytes]:
+    def _wait(future: concurrent.futures.Future[dict[str, Fetched]]) -> dict[str, Fetched]:
         # short waits, so that a cancel raised in this thread is not held up by the fetch
         while True:
             try:
@@ -490,21 +489,21 @@ class TaskRunner:
                 future.cancel()
                 raise
 
-    async def _fetch(self, refs: dict[str, RemoteRef]) -> dict[str, bytes]:
+    async def _fetch(self, refs: dict[str, RemoteRef]) -> dict[str, Fetched]:
         """The pickled values of remote refs, one request per holder; refs whose holder is gone
         or no longer holds them are left out."""
         by_holder: defaultdict[tuple[str, str], list[str]] = defaultdict(list)
         for key, ref in refs.items():
             by_holder[(ref.holder, ref.holder_url)].append(key)
 
-        async def from_holder(holder: str, url: str, keys: list[str]) -> dict[str, bytes]:
+        async def from_holder(holder: str, url: str, keys: list[str]) -> dict[str, Fetched]:
             try:
                 return await self._peers(holder, url).fetch_many(keys)
             except NotConnected as e:
                 log.info("inputs %s are lost with %s: %s", keys, holder, e)
                 return {}
 
-        fetched: dict[str, bytes] = {}
+        fetched: dict[str, Fetched] = {}
         for blobs in await asyncio.gather(
             *(from_holder(holder, url, keys) for (holder, url), keys in by_holder.items())
         ):
