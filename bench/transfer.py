@@ -2,10 +2,10 @@
 
 Two real worker processes of a ``LocalCluster`` (mutual TLS, as users get it). Worker A keeps a
 result of ``--mb`` megabytes (a ``bytes`` value, which travels unpickled; other values are
-pickled once on A and unpickled once on B); a task on worker B takes it as an argument (a reference the worker
-resolves by fetching from A) and returns its length, ``--runs`` times (the first includes the
-connection between the two workers). Prints the median fetch's time and rate, next to a plain
-loopback copy of the same bytes through a socket pair for scale.
+pickled once on A and unpickled once on B); a task on worker B takes it as an argument (a
+reference the worker resolves by fetching from A) and returns its length, ``--runs`` times (the
+first includes the connection between the two workers). Prints the median fetch's time and
+rate, next to a plain loopback copy of the same bytes through a socket pair for scale.
 Run: python bench/transfer.py [--mb 200] [--plain] [--runs 3]
 """
 
