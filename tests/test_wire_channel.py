@@ -196,6 +196,28 @@ def test_completions_of_runs_nobody_waits_for_are_dropped() -> None:
     asyncio.run(check())
 
 
+def test_acknowledgements_wait_for_a_message_to_ride_along_or_go_alone() -> None:
+    async def check() -> None:
+        connections = Connections()
+        channel = Channel("w", connections.connect, heartbeat_timeout=5)
+        waiting = asyncio.ensure_future(collect(channel, "a"))
+        await wait_for_socket(connections)
+        socket = connections.sockets[0]
+        socket.answer((HELLO, {"frames": [RUN, CANCEL, ACK]}), done("a", 1))
+        assert await asyncio.wait_for(waiting, 5) == {"a": 1}
+        await sent_soon(socket, 2)  # nothing else went out: the ack goes alone, soon
+        assert socket.sent[1] == [(ACK, ["a"])]
+        await channel.close()
+
+    asyncio.run(check())
+
+
+async def wait_for_socket(connections: Connections) -> None:
+    async with asyncio.timeout(5):
+        while not connections.sockets or not connections.sockets[0].sent:
+            await asyncio.sleep(0)
+
+
 def test_frames_a_worker_did_not_say_it_understands_are_not_sent() -> None:
     """An older worker (no hello) gets runs and cancels only; a worker's hello opens the rest,
     acknowledgements included."""
@@ -212,11 +234,12 @@ def test_frames_a_worker_did_not_say_it_understands_are_not_sent() -> None:
         socket.answer(done("b", 2))
         assert await asyncio.wait_for(waiting, 5) == {"b": 2}
         assert channel.withdraw(["c"]) and not channel.release("job/")
-        await sent_soon(socket, 4)
-        kinds = [kind for message in socket.sent for kind, _ in message]
-        assert kinds == [RUN, RUN, ACK, WITHDRAW]  # no ack before the hello, none for "a"
+        await sent_soon(socket, 3)
+        kinds = [[kind for kind, _ in message] for message in socket.sent]
+        # no ack before the hello (none for "a"); the ack of "b" rides along with the withdraw
+        assert kinds == [[RUN], [RUN], [WITHDRAW, ACK]]
         waiting = asyncio.ensure_future(collect(channel, "d"))
-        await sent_soon(socket, 5)
+        await sent_soon(socket, 4)
         socket.answer((HELLO, "nonsense"))  # a malformed hello is a protocol error
         with pytest.raises(ProtocolError, match="malformed hello"):
             await asyncio.wait_for(waiting, 5)

@@ -14,8 +14,8 @@ no task, queue or generator per run, so the driver's cost per task stays small.
 A worker says first which kinds of frame it understands (a ``hello`` frame); frames it does not
 (an older worker, during an upgrade of the operator) are not sent: no acknowledgements, releases
 over HTTP, no withdraw (a queued run is then not stolen). The driver acknowledges the completions
-it received (an ``ack`` frame, sent with whatever it
-sends next): until then the worker keeps them, and keeps them for the next driver if this one goes
+it received (an ``ack`` frame, sent with whatever it sends next, or alone after ``ACK_DELAY``):
+until then the worker keeps them, and keeps them for the next driver if this one goes
 away, so a completion written just as the driver went away is not lost.
 
 Loss detection is as before: when the connection breaks, every run waiting on it fails with
@@ -62,6 +62,9 @@ Outcome = Completion | BaseException
 Deliver = Callable[[Outcome], None]
 """Receives the outcome of one run: its completion, or the error that lost it (called once)."""
 
+ACK_DELAY = 0.05
+"""Seconds acknowledgements wait for a message to ride along with before they go alone."""
+
 # How many times per heartbeat timeout the watchdog looks for a silent connection.
 _WATCHDOG_CHECKS = 4
 
@@ -90,6 +93,8 @@ class Channel:
         self._sending: set[asyncio.Task[None]] = set()
         self._last_frame = 0.0  # loop time of the last frame received
         self._understood = FIRST_FRAMES  # what the worker said it understands (its hello)
+        self._acks: list[str] = []  # completions received, not yet acknowledged
+        self._ack_timer: asyncio.TimerHandle | None = None
         self._watchdog: asyncio.TimerHandle | None = None
 
     def submit(self, encoded: Sequence[Encoded], deliver: Deliver) -> None:
@@ -148,6 +153,8 @@ class Channel:
             await asyncio.gather(reader, return_exceptions=True)
         if self._watchdog is not None:
             self._watchdog.cancel()
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
         ws, self._ws = self._ws, None
         if ws is not None:
             await ws.close()
@@ -170,10 +177,28 @@ class Channel:
         self._flush_runs()
         if not self._outgoing:
             return
+        self._take_acks()  # they ride along
         message, self._outgoing = b"".join(self._outgoing), []
         sending = asyncio.ensure_future(self._send(message))
         self._sending.add(sending)
         sending.add_done_callback(self._sending.discard)
+
+    def _take_acks(self) -> None:
+        """Put the pending acknowledgements in the message going out."""
+        if self._acks:
+            self._outgoing.append(frames.encode((ACK, self._acks)))
+            self._acks = []
+        if self._ack_timer is not None:
+            self._ack_timer.cancel()
+            self._ack_timer = None
+
+    def _send_acks(self) -> None:
+        """Nothing went out for ``ACK_DELAY`` seconds: the acknowledgements go alone."""
+        self._ack_timer = None
+        if self._acks:
+            self._outgoing.append(frames.encode((ACK, self._acks)))
+            self._acks = []
+            self._schedule()
 
     async def _send(self, message: bytes) -> None:
         async with self._lock:
@@ -225,8 +250,10 @@ class Channel:
                             deliver(NotConnected(self.name, reason))
                     elif frame[0] == HELLO:
                         self._understood = _understood(frame)
-                if received:  # goes out with the runs these completions made the driver send
-                    self._queue(ACK, received)
+                if received and ACK in self._understood:
+                    self._acks += received
+                    if self._ack_timer is None:
+                        self._ack_timer = loop.call_later(ACK_DELAY, self._send_acks)
         except asyncio.CancelledError:
             raise
         except frames.FrameError as e:
