@@ -14,6 +14,9 @@ from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 FINISHED = ("Succeeded", "Failed", "Cancelled")
+GATE = "bndl_examples.gates:wait_for_file"
+"""A task holding its worker until :func:`release` creates its file in the pod (its result is the
+pod's name); it fails by itself after its ``timeout`` (300 s unless given)."""
 
 
 def example(name: str) -> dict[str, Any]:
@@ -94,3 +97,23 @@ def printed(cluster: Cluster, ns: str, name: str) -> dict[str, str]:
     lines = cluster.kubectl("get", "bndljob", name, "-n", ns).splitlines()
     header, row = lines[0].split(), lines[1].split()
     return dict(zip(header, row, strict=False))
+
+
+def live_pods(cluster: Cluster, ns: str, job: str) -> dict[str, dict[str, Any]]:
+    """The job's worker pods that are not being deleted, by name."""
+    return {
+        p["metadata"]["name"]: p
+        for p in pods(cluster, ns, job)
+        if not p["metadata"].get("deletionTimestamp")
+    }
+
+
+def release(cluster: Cluster, ns: str, job: str, path: str) -> list[str]:
+    """Open a :data:`GATE` waiting for ``path``: create the file in every live worker pod of the
+    job (``/tmp`` is each pod's own writable emptyDir); the pods' names."""
+    names = sorted(live_pods(cluster, ns, job))
+    assert names, f"{job} has no worker pod to release {path} in"
+    touch = f"open({path!r}, 'w').close()"
+    for name in names:
+        cluster.kubectl("exec", "-n", ns, name, "-c", "worker", "--", "python", "-c", touch)
+    return names

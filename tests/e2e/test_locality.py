@@ -8,7 +8,7 @@ from tests.cluster.cluster import Cluster
 from tests.cluster.config import NODE_CLASS_LABEL, ZONE_LABEL
 
 from .conftest import OperatorProcess
-from .jobs import apply, job_doc, pods, wait_finished
+from .jobs import GATE, apply, job_doc, pods, release, wait_finished, wait_status
 
 pytestmark = pytest.mark.cluster
 
@@ -35,15 +35,15 @@ def test_tasks_preferring_a_zone_run_there_and_a_required_label_nowhere_fails(
     zone_a = next(n.zone for n in k8s_cluster.nodes if n.zone.endswith("a"))
     zone_b = next(n.zone for n in k8s_cluster.nodes if n.zone != zone_a)
     nodes = len(k8s_cluster.nodes)
-    # where-i prefer zone a; the zone-b worker is kept busy by a task that must run there, so
-    # preferring is all that decides where where-i go.
+    # where-i prefer zone a; the zone-b worker is kept busy by a task that must run there, until
+    # every where-i is done (the test opens its gate then).
     prefer = job_doc(
         "prefer",
         [
             {
                 "id": "busy",
-                "call": "time:sleep",
-                "args": [15],
+                "call": GATE,
+                "args": ["/tmp/prefer-gate"],
                 "priority": 10,
                 "locality": {"required": {ZONE_LABEL: zone_b}},
             },
@@ -77,7 +77,17 @@ def test_tasks_preferring_a_zone_run_there_and_a_required_label_nowhere_fails(
     assert st["reason"] == "SchedulingFailed"
     assert "task 'picky' cannot run on any available worker" in st["message"]
 
-    st = wait_finished(k8s_cluster, ns, "prefer", timeout=180)
+    st = wait_status(
+        k8s_cluster,
+        ns,
+        "prefer",
+        lambda s: s.get("tasks", {}).get("succeeded") == 12 and s["tasks"]["running"] == 1,
+        180,
+        "every where-i done while busy holds its worker",
+    )
+    assert st["phase"] == "Running", st
+    release(k8s_cluster, ns, "prefer", "/tmp/prefer-gate")
+    st = wait_finished(k8s_cluster, ns, "prefer", timeout=120)
     assert st["phase"] == "Succeeded", st
     zone_of_node = {n.name: n.zone for n in k8s_cluster.nodes}
     zone_of_pod = {
@@ -85,6 +95,7 @@ def test_tasks_preferring_a_zone_run_there_and_a_required_label_nowhere_fails(
         for p in pods(k8s_cluster, ns, "prefer")
     }
     assert sorted(zone_of_pod.values()).count(zone_b) >= 1
+    assert zone_of_pod[st["results"]["busy"]] == zone_b, (st["results"]["busy"], zone_of_pod)
     ran_on = {st["results"][f"where-{i}"] for i in range(12)}
     assert {zone_of_pod[pod] for pod in ran_on} == {zone_a}, (ran_on, zone_of_pod)
     k8s_cluster.kubectl("delete", "bndljob", "prefer", "-n", ns)
