@@ -217,6 +217,7 @@ class Channel:
         if ws is None or ws.closed:
             ws = self._ws = await self._connect()
             self._understood = FIRST_FRAMES  # until its hello says more
+            self._acks = []  # of the connection that broke: its stream is gone
             self._last_frame = asyncio.get_running_loop().time()
             self._reader = asyncio.ensure_future(self._read(ws))
             self._watch(ws)
@@ -227,7 +228,6 @@ class Channel:
     async def _read(self, ws: aiohttp.ClientWebSocketResponse) -> None:
         decoder = frames.FrameDecoder()
         loop = asyncio.get_running_loop()
-        routes = self._routes
         try:
             while True:
                 message = await ws.receive()
