@@ -12,7 +12,9 @@ the driver and its workers; Dask: one thread per worker; Ray: one CPU per worker
 ``--tuned``, with 8 slots per worker where a system has them (bndl's concurrency, Dask's
 threads per worker). Ray and Dask run only if installed.
 ``bndl-plain`` is bndl with encryption off (a benchmark-only switch): what encryption costs.
-Run: python bench/dispatch.py [--scale 0.1] [--tuned]
+Each system runs the workloads ``--rounds`` times in one session (3 by default; the first round
+includes whatever warms up: connections, threads, imports) and the table shows the median round.
+Run: python bench/dispatch.py [--scale 0.1] [--tuned] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ def add(x: int, y: int) -> int:
 
 
 Workload = tuple[str, int, Callable[[Any, int], int]]
+Rounds = dict[str, list[tuple[int, float]]]
+"""Per workload, (tasks, seconds) of each round."""
 
 
 # ----------------------------------------------------------------------------------- bndl
@@ -71,29 +75,25 @@ def bndl_tree(ctx: Any, n: int) -> int:
     level = 0
     while len(layer) > 1:
         level += 1
-        nxt = []
+        added = []
         for i in range(0, len(layer) - 1, 2):
             a, b = layer[i], layer[i + 1]
             t = RmiTask(ctx, (level, i), add, (ResultOf(a.id), ResultOf(b.id))).depends_on(a, b)
-            nxt.append(t)
-        if len(layer) % 2:
-            nxt.append(layer[-1])
-        tasks += [t for t in nxt if t not in tasks[-len(layer) :]]
-        layer = nxt
+            added.append(t)
+        tasks += added
+        layer = added + layer[-1:] if len(layer) % 2 else added  # an odd one out goes up
     results = list(ctx.execute(Job(ctx, tasks), order_results=False))
     assert layer[0].result() == sum(range(1, n + 1))
     return len(results)
 
 
-def run_bndl(
-    workloads: list[tuple[str, int]], slots: int | None, insecure: bool = False
-) -> dict[str, tuple[int, float]]:
+def run_bndl(workloads: list[tuple[str, int]], slots: int | None, insecure: bool = False) -> Rounds:
     from bndl.execute import CONCURRENCY
     from bndl.local import LocalCluster
     from bndl.wire.tls import BENCH_INSECURE_ENV
 
     fns = {"independent": bndl_independent, "chain": bndl_chain, "tree": bndl_tree}
-    out = {}
+    out: Rounds = {}
     config = {} if slots is None else {CONCURRENCY: slots}
     # Encryption off needs both the switch and the variable (the workers' environment only).
     plain: dict[str, Any] = (
@@ -104,13 +104,11 @@ def run_bndl(
         for name, n in workloads:
             start = time.perf_counter()
             count = fns[name](ctx, n)
-            out[name] = (count, time.perf_counter() - start)
+            out.setdefault(name, []).append((count, time.perf_counter() - start))
     return out
 
 
-def run_bndl_plain(
-    workloads: list[tuple[str, int]], slots: int | None
-) -> dict[str, tuple[int, float]]:
+def run_bndl_plain(workloads: list[tuple[str, int]], slots: int | None) -> Rounds:
     """bndl without encryption: what mutual TLS costs (never run a cluster like this)."""
     return run_bndl(workloads, slots, insecure=True)
 
@@ -118,13 +116,13 @@ def run_bndl_plain(
 # ----------------------------------------------------------------------------------- dask
 
 
-def run_dask(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, tuple[int, float]]:
+def run_dask(workloads: list[tuple[str, int]], slots: int | None) -> Rounds:
     try:
         from dask.distributed import Client, LocalCluster
     except ImportError:
         return None  # type: ignore[return-value]
 
-    out = {}
+    out: Rounds = {}
     threads = {} if slots is None else {"threads_per_worker": slots}
     cluster = LocalCluster(n_workers=WORKERS, processes=True, dashboard_address=None, **threads)
     with cluster, Client(cluster) as client:
@@ -154,16 +152,14 @@ def run_dask(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, t
                     count += len(layer) // 2
                     layer = nxt
                 assert layer[0].result() == sum(range(1, n + 1))
-            out[name] = (count, time.perf_counter() - start)
+            out.setdefault(name, []).append((count, time.perf_counter() - start))
     return out
 
 
 # ------------------------------------------------------------------------------------ ray
 
 
-def run_ray(
-    workloads: list[tuple[str, int]], slots: int | None
-) -> dict[str, tuple[int, float]] | None:
+def run_ray(workloads: list[tuple[str, int]], slots: int | None) -> Rounds | None:
     try:
         import ray
     except ImportError:
@@ -176,7 +172,7 @@ def run_ray(
         rinc = ray.remote(inc)
         radd = ray.remote(add)
         ray.get([rinc.remote(i) for i in range(100)])
-        out = {}
+        out: Rounds = {}
         for name, n in workloads:
             start = time.perf_counter()
             if name == "independent":
@@ -198,7 +194,7 @@ def run_ray(
                     count += len(layer) // 2
                     layer = nxt
                 assert ray.get(layer[0]) == sum(range(1, n + 1))
-            out[name] = (count, time.perf_counter() - start)
+            out.setdefault(name, []).append((count, time.perf_counter() - start))
         return out
     finally:
         ray.shutdown()
@@ -207,10 +203,10 @@ def run_ray(
 # --------------------------------------------------------------------- ProcessPoolExecutor
 
 
-def run_pool(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, tuple[int, float]]:
+def run_pool(workloads: list[tuple[str, int]], slots: int | None) -> Rounds:
     if slots is not None:
         return None  # type: ignore[return-value]  # a process per worker: nothing to tune
-    out = {}
+    out: Rounds = {}
     with ProcessPoolExecutor(WORKERS) as pool:
         list(pool.map(inc, range(100)))
         for name, n in workloads:
@@ -236,7 +232,7 @@ def run_pool(workloads: list[tuple[str, int]], slots: int | None) -> dict[str, t
                     count += len(pairs)
                     values = [f.result() for f in pairs] + rest
                 assert values[0] == sum(range(1, n + 1))
-            out[name] = (count, time.perf_counter() - start)
+            out.setdefault(name, []).append((count, time.perf_counter() - start))
     return out
 
 
@@ -247,13 +243,16 @@ def main() -> None:
     parser.add_argument(
         "--tuned", action="store_true", help=f"also a table with {TUNED_SLOTS} slots per worker"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="rounds of every workload per system (median)"
+    )
     args = parser.parse_args()
     s = args.scale
     workloads = [
         ("independent", int(10_000 * s)),
         ("chain", int(2_000 * s)),
         ("tree", int(1_000 * s)),
-    ]
+    ] * args.rounds
     systems: dict[str, Callable[[list[tuple[str, int]], int | None], Any]] = {
         "bndl": run_bndl,
         "bndl-plain": run_bndl_plain,
@@ -265,7 +264,7 @@ def main() -> None:
     if args.tuned:
         tables.append((f"{TUNED_SLOTS} slots per worker where a system has them", TUNED_SLOTS))
     for title, slots in tables:
-        results: dict[str, dict[str, tuple[int, float]]] = {}
+        results: dict[str, Rounds] = {}
         for name, fn in systems.items():
             if args.only and name not in args.only:
                 continue
@@ -274,21 +273,20 @@ def main() -> None:
                 print(f"{name}: not installed or nothing to tune, skipped")
                 continue
             results[name] = measured
-        print_table(title, workloads, results)
+        print_table(title, workloads[:3], results)
 
 
-def print_table(
-    title: str, workloads: list[tuple[str, int]], results: dict[str, dict[str, tuple[int, float]]]
-) -> None:
-    print(f"\n{title} ({WORKERS} workers)")
+def print_table(title: str, workloads: list[tuple[str, int]], results: dict[str, Rounds]) -> None:
+    """One line per workload and system: the median round (by seconds)."""
+    print(f"\n{title} ({WORKERS} workers; the median of the rounds)")
     print(
         f"{'workload':<14}{'system':<12}{'tasks':>8}{'seconds':>9}{'tasks/s':>10}"
         f"{'ms/task':>9}{'bndl is':>10}"
     )
     for workload, _ in workloads:
-        base = results.get("bndl", {}).get(workload)
+        base = median(results["bndl"][workload]) if "bndl" in results else None
         for system, measured in results.items():
-            count, seconds = measured[workload]
+            count, seconds = median(measured[workload])
             rate = count / seconds
             ratio = ""
             if base and system != "bndl":
@@ -297,6 +295,10 @@ def print_table(
                 f"{workload:<14}{system:<12}{count:>8}{seconds:>9.3f}{rate:>10,.0f}"
                 f"{1000 * seconds / count:>9.3f}{ratio:>10}"
             )
+
+
+def median(rounds: list[tuple[int, float]]) -> tuple[int, float]:
+    return sorted(rounds, key=lambda r: r[1])[len(rounds) // 2]
 
 
 if __name__ == "__main__":
