@@ -14,7 +14,7 @@ import pytest
 from bndl.execute.exceptions import TaskCancelled
 from bndl.execute.job import Job, RmiTask
 from bndl.local import LocalCluster
-from bndl.wire import Completion, TaskItem
+from bndl.wire import Completion, TaskItem, WorkerClient
 from bndl.wire.channel import WITHDRAW
 from bndl.worker.lanes import Lanes
 from tests.helpers.waiting import wait_for_file, wait_until_async
@@ -66,31 +66,41 @@ def test_runs_beyond_the_slots_wait_for_a_free_slot(worker: WorkerProcess, tmp_p
     run(check)
 
 
+async def one_running_one_waiting(
+    c: WorkerClient, lane: str, tmp_path: Path
+) -> tuple[dict[str, Completion], asyncio.Future[None]]:
+    """Runs ``<lane>/1`` and ``<lane>/2`` in a lane of one slot: the first has started and waits
+    for the file ``go``, the second waits for the slot (it would write the file ``ran``). Returns
+    the outcomes as they come and the future that collects them."""
+    started = tmp_path / "started"
+    first = TaskItem(
+        f"{lane}/1", start_then_wait, (str(started), str(tmp_path / "go")), lane=lane, slots=1
+    )
+    second = TaskItem(f"{lane}/2", (tmp_path / "ran").write_text, ("x",), lane=lane, slots=1)
+    outcomes: dict[str, Completion] = {}
+
+    async def collect() -> None:
+        async for completion in c.run([first, second]):
+            outcomes[completion.key] = completion
+
+    collecting = asyncio.ensure_future(collect())
+    await wait_until_async(lambda: started.exists(), what="the first run to start")
+    return outcomes, collecting
+
+
 def test_a_cancelled_waiting_run_ends_at_once_and_never_runs(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:
-    go, started = str(tmp_path / "go"), tmp_path / "started"
-    ran = tmp_path / "ran"
-
     async def check() -> None:
         async with client(worker) as c:
-            first = TaskItem("c/1", start_then_wait, (str(started), go), lane="c", slots=1)
-            second = TaskItem("c/2", ran.write_text, ("x",), lane="c", slots=1)
-            outcomes: dict[str, Completion] = {}
-
-            async def collect() -> None:
-                async for completion in c.run([first, second]):
-                    outcomes[completion.key] = completion
-
-            collecting = asyncio.ensure_future(collect())
-            await wait_until_async(lambda: started.exists(), what="the first run to start")
+            outcomes, collecting = await one_running_one_waiting(c, "c", tmp_path)
             reply = await c.cancel(["c/2"])
             assert reply == {"interrupted": ["c/2"], "remembered": []}
             await wait_until_async(lambda: "c/2" in outcomes, what="the cancelled run's outcome")
             assert isinstance(outcomes["c/2"].error, TaskCancelled)
-            Path(go).touch()
+            (tmp_path / "go").touch()
             await collecting
-            assert outcomes["c/1"].ok and not ran.exists()
+            assert outcomes["c/1"].ok and not (tmp_path / "ran").exists()
 
     run(check)
 
@@ -98,21 +108,9 @@ def test_a_cancelled_waiting_run_ends_at_once_and_never_runs(
 def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
     worker: WorkerProcess, tmp_path: Path
 ) -> None:
-    go, started = str(tmp_path / "go"), tmp_path / "started"
-    ran = tmp_path / "ran"
-
     async def check() -> None:
         async with client(worker) as c:
-            first = TaskItem("w/1", start_then_wait, (str(started), go), lane="w", slots=1)
-            second = TaskItem("w/2", ran.write_text, ("x",), lane="w", slots=1)
-            outcomes: dict[str, Completion] = {}
-
-            async def collect() -> None:
-                async for completion in c.run([first, second]):
-                    outcomes[completion.key] = completion
-
-            collecting = asyncio.ensure_future(collect())
-            await wait_until_async(lambda: started.exists(), what="the first run to start")
+            outcomes, collecting = await one_running_one_waiting(c, "w", tmp_path)
             await wait_until_async(  # the worker's hello, which says it understands withdraws
                 lambda: WITHDRAW in c._channel._understood, what="the worker's hello"
             )
@@ -120,9 +118,10 @@ def test_a_withdrawn_run_ends_at_once_if_it_waits_and_goes_on_if_it_started(
             await wait_until_async(lambda: "w/2" in outcomes, what="the withdrawn run's outcome")
             assert isinstance(outcomes["w/2"].error, TaskCancelled)
             assert "withdrawn" in str(outcomes["w/2"].error) and "w/1" not in outcomes
-            Path(go).touch()
+            (tmp_path / "go").touch()
             await collecting
-            assert outcomes["w/1"].ok and outcomes["w/1"].value == go and not ran.exists()
+            assert outcomes["w/1"].ok and outcomes["w/1"].value == str(tmp_path / "go")
+            assert not (tmp_path / "ran").exists()
 
     run(check)
 
