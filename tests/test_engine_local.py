@@ -6,9 +6,6 @@ from __future__ import annotations
 import operator
 import os
 import signal
-import subprocess
-import sys
-import textwrap
 import time
 from pathlib import Path
 from typing import Any
@@ -65,49 +62,6 @@ def test_a_killed_worker_says_it_was_killed_by_a_signal() -> None:
         assert process.loss_cause() is None  # still running (after a one-second wait)
         os.kill(process.pid, signal.SIGKILL)
         assert getattr(process.worker, "loss_cause")() == "killed by signal 9 (SIGKILL)"  # noqa: B009
-
-
-DRIVER = textwrap.dedent(
-    """
-    import sys, time
-    from bndl.local import LocalCluster
-
-    with LocalCluster(workers=2) as ctx:
-        cluster = ctx._source
-        print(" ".join(str(p.pid) for p in cluster.processes), flush=True)
-        time.sleep(120)
-    """
-)
-
-
-def gone(pid: int) -> bool:
-    """The process exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return status.rsplit(")", 1)[1].split()[0] in ("Z", "X")
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux only")
-def test_workers_die_with_a_driver_killed_by_sigkill() -> None:
-    driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER],
-        stdout=subprocess.PIPE,
-        text=True,
-        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
-    )
-    try:
-        assert driver.stdout is not None
-        pids = [int(p) for p in driver.stdout.readline().split()]
-        assert len(pids) == 2 and not any(gone(p) for p in pids)
-        driver.send_signal(signal.SIGKILL)
-        driver.wait(10)
-        wait_until(lambda: all(gone(p) for p in pids), timeout=10, what="workers exited")
-    finally:
-        if driver.poll() is None:
-            driver.kill()
-            driver.wait()
 
 
 def plus_one(x: int) -> int:

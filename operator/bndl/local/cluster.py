@@ -1,12 +1,15 @@
 """The embedded cluster: N worker processes on this machine, for ``bndl run`` and for tests.
 
-Workers are real ``python -m bndl.worker`` processes on loopback, each with a free port, spoken to
-over the same mutual TLS as pods in Kubernetes: the cluster makes its own certificate authority
-(:func:`bndl.wire.tls.new_cluster`) and writes the workers' files into a private temporary
-directory (mode 0700), removed when the cluster stops. The
-cluster stops exactly the processes it started, by PID, also when the body of the ``with`` block
-raises. On Linux the workers also die with the driver (``PR_SET_PDEATHSIG``), so a driver killed
-with SIGKILL leaves no workers behind.
+Workers are real processes on loopback, each with a free port: on Linux forked from one fork
+server per driver that has the worker imported (:mod:`bndl.local.spawn`), elsewhere fresh
+``python -m bndl.worker`` processes. The driver speaks to them over the same mutual TLS as to pods
+in Kubernetes: the cluster makes its own certificate authority (:func:`bndl.wire.tls.new_cluster`)
+and writes the workers' files into a private temporary directory (mode 0700), removed when the
+cluster stops. The cluster stops exactly the processes it started, by PID, also when the body of
+the ``with`` block raises. The workers die with the driver, so a driver killed with SIGKILL leaves
+no workers behind: the fork server kills its workers when the driver's end of its socket closes,
+and each worker gets SIGKILL when the server dies (``PR_SET_PDEATHSIG``; the same for a worker
+started afresh, whose parent is the driver).
 
 Each worker can say why it was lost (``loss_cause``: its exit code or the signal that killed
 it), which the scheduler puts in the error when a task keeps killing its workers.
@@ -35,6 +38,7 @@ from typing import Any
 from bndl.driver import DriverLoop, HttpWorker
 from bndl.execute.context import ExecutionContext
 from bndl.execute.workers import Worker
+from bndl.local.spawn import Process, spawn_worker
 from bndl.wire import ClientSettings, WorkerClient
 from bndl.wire.tls import BENCH_INSECURE_ENV, bench_insecure, new_cluster
 from bndl.worker.announce import parse_ready_line
@@ -100,7 +104,7 @@ def _die_with_parent() -> Callable[[], None] | None:
 class WorkerProcess:
     """One worker process and the driver's view of it."""
 
-    def __init__(self, process: subprocess.Popen[str], worker: HttpWorker) -> None:
+    def __init__(self, process: Process, worker: HttpWorker) -> None:
         self.process = process
         self.worker = worker
 
@@ -152,7 +156,7 @@ class LocalCluster:
         self.client_tls: ssl.SSLContext | None = None
         """The driver's side of the cluster's mutual TLS (None without encryption)."""
         self.processes: list[WorkerProcess] = []
-        self._spawned: list[subprocess.Popen[str]] = []
+        self._spawned: list[Process] = []
         self.loop: DriverLoop | None = None
         self.ctx: ExecutionContext | None = None
 
@@ -222,11 +226,8 @@ class LocalCluster:
         env.setdefault("PYTHONUNBUFFERED", "1")
         return env
 
-    def _spawn(self, index: int, env: dict[str, str]) -> subprocess.Popen[str]:
-        command = [
-            sys.executable,
-            "-m",
-            "bndl.worker",
+    def _spawn(self, index: int, env: dict[str, str]) -> Process:
+        argv = [
             "--name",
             f"local-{index}",
             "--bind",
@@ -239,16 +240,9 @@ class LocalCluster:
             f"{min(1.0, self.settings.heartbeat_timeout / 4):g}",
             *self.worker_args,
         ]
-        return subprocess.Popen(
-            command,
-            env=env,
-            stdout=subprocess.PIPE,
-            stdin=subprocess.DEVNULL,
-            text=True,
-            preexec_fn=_die_with_parent(),
-        )
+        return spawn_worker(argv, env, _die_with_parent())
 
-    def _await_ready(self, index: int, process: subprocess.Popen[str]) -> tuple[str, str]:
+    def _await_ready(self, index: int, process: Process) -> tuple[str, str]:
         assert process.stdout is not None
         deadline = time.monotonic() + START_TIMEOUT
         timer = threading.Timer(START_TIMEOUT, process.kill)  # unblocks readline on a hang

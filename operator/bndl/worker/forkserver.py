@@ -1,0 +1,199 @@
+"""A fork server: one process that has imported the worker once and forks each new worker from it.
+
+``python -m bndl.worker`` spends about 0.4 s of CPU importing (aiohttp, TLS, metrics) before it
+serves. The embedded cluster (:mod:`bndl.local.spawn`) starts this server once per driver process
+and asks it for workers instead: each is a ``fork`` of an interpreter that has the worker imported,
+ready in a few milliseconds of CPU. The child then runs exactly what ``python -m bndl.worker`` runs
+(:func:`bndl.worker.__main__.main`) with the environment, working directory, arguments and standard
+streams the driver sent.
+
+The server is single-threaded (forking a process with threads is unsafe). It speaks over one
+``SOCK_SEQPACKET`` socket inherited from the driver (``--socket FD``): one message per datagram,
+JSON, the child's standard streams passed as file descriptors (``SCM_RIGHTS``):
+
+- driver → server: ``{"id": N, "argv": [...], "env": {...}, "cwd": "..."}`` with three fds;
+- server → driver: ``{"id": N, "pid": P}`` at once, or ``{"id": N, "error": "..."}``;
+- server → driver: ``{"id": N, "exit": R}`` when that child has exited, ``R`` as
+  :attr:`subprocess.Popen.returncode` has it (negative: the signal that killed it).
+
+When the driver goes away (the kernel closes its end of the socket, also on SIGKILL) the server
+kills its children and exits; each child also gets SIGKILL if the server dies
+(``PR_SET_PDEATHSIG``, Linux).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ctypes
+import ctypes.util
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+# The worker, imported once here so that every child starts with it in memory.
+from bndl.worker import __main__ as worker_main
+
+# Largest request (arguments and environment) the server reads.
+MAX_MESSAGE = 1 << 20
+# prctl(2) option: the signal the kernel sends a process when its parent dies.
+PR_SET_PDEATHSIG = 1
+# The standard streams a request passes: stdin, stdout, stderr.
+STREAMS = 3
+
+
+def _prctl() -> Any:
+    """libc's prctl(2), looked up once before serving (``find_library`` runs ``ldconfig``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _become_worker(
+    request: dict[str, Any], fds: Sequence[int], closing: Sequence[int], prctl: Any
+) -> None:
+    """In the child: take the request's streams, environment and directory, run the worker."""
+    code = 1
+    try:
+        parent = os.getppid()
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        for fd in closing:
+            os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+        for fd in set(fds):
+            if fd > 2:
+                os.close(fd)
+        if prctl is not None:  # SIGKILL this child when the server dies
+            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the server died before prctl took effect
+            os._exit(1)
+        env: dict[str, str] = request["env"]
+        os.environ.clear()
+        os.environ.update(env)
+        # What PYTHONPATH would have put first, had this interpreter started with it.
+        extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
+        sys.path[1:1] = extra
+        os.chdir(request["cwd"])
+        code = worker_main.main(request["argv"])
+    except SystemExit as stop:  # argparse and the worker's own exits
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # a child must never return into the server's loop
+        import traceback
+
+        traceback.print_exc()
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+
+
+class _Server:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.prctl = _prctl()
+        self.children: dict[int, int] = {}  # pid -> request id
+        self.wakeup_r, self.wakeup_w = os.pipe()
+        os.set_blocking(self.wakeup_w, False)
+        signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
+        signal.set_wakeup_fd(self.wakeup_w)
+
+    def send(self, message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError):  # the driver is gone: the loop sees EOF next
+            self.sock.send(json.dumps(message).encode())
+
+    def serve(self) -> None:
+        while True:
+            try:
+                ready, _, _ = select.select([self.sock.fileno(), self.wakeup_r], [], [])
+            except InterruptedError:
+                continue
+            if self.wakeup_r in ready:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self.wakeup_r, 4096)
+                self.reap()
+            if self.sock.fileno() in ready and not self.receive():
+                return
+
+    def receive(self) -> bool:
+        """Handle one request; False when the driver has gone away."""
+        try:
+            data, fds, _, _ = socket.recv_fds(self.sock, MAX_MESSAGE, STREAMS)
+        except OSError:
+            return False
+        if not data:
+            for fd in fds:
+                os.close(fd)
+            return False
+        try:
+            request = json.loads(data)
+            if len(fds) != STREAMS:
+                raise ValueError(f"{len(fds)} streams passed, not {STREAMS}")
+        except ValueError as error:
+            for fd in fds:
+                os.close(fd)
+            self.send({"id": None, "error": f"bad request: {error}"})
+            return True
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            _become_worker(
+                request, fds, (self.sock.fileno(), self.wakeup_r, self.wakeup_w), self.prctl
+            )
+        for fd in fds:
+            os.close(fd)
+        self.children[pid] = request["id"]
+        self.send({"id": request["id"], "pid": pid})
+        return True
+
+    def reap(self) -> None:
+        while self.children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            ident = self.children.pop(pid, None)
+            if ident is not None:
+                self.send({"id": ident, "exit": os.waitstatus_to_exitcode(status)})
+
+    def stop(self) -> None:
+        """Kill the children that are left and wait for them."""
+        for pid in list(self.children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in list(self.children):
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+        self.children.clear()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bndl.worker.forkserver")
+    parser.add_argument("--socket", type=int, required=True, help="inherited SOCK_SEQPACKET fd")
+    args = parser.parse_args(argv)
+    sock = socket.socket(fileno=args.socket)
+    server = _Server(sock)
+    gc.freeze()  # what is imported stays shared with the children: their collections skip it
+    try:
+        server.serve()
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,178 @@
+"""How LocalCluster starts workers: forked from one fork server per driver, or executed afresh."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from bndl.execute.job import Job, RmiTask
+from bndl.local import LocalCluster
+from bndl.local.spawn import ForkedProcess, shared_fork_server
+from tests.helpers.waiting import wait_until
+
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the fork server is Linux only"
+)
+
+
+def parent_of(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def gone(pid: int) -> bool:
+    """The process exited (a zombie waiting for a reaper counts as gone)."""
+    try:
+        status = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return status.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+
+
+def test_workers_are_forked_by_one_server_and_their_exits_are_reported() -> None:
+    with LocalCluster(workers=2) as ctx:
+        cluster = ctx._source
+        assert isinstance(cluster, LocalCluster)
+        first, second = (p.process for p in cluster.processes)
+        assert isinstance(first, ForkedProcess) and isinstance(second, ForkedProcess)
+        server = shared_fork_server(os.environ).process.pid
+        assert parent_of(first.pid) == parent_of(second.pid) == server
+        assert (first.poll(), first.returncode) == (None, None)
+        with pytest.raises(subprocess.TimeoutExpired):
+            first.wait(0.05)
+        first.kill()
+        assert first.wait(10) == -signal.SIGKILL
+        assert cluster.processes[0].loss_cause() == "killed by signal 9 (SIGKILL)"
+        second.send_signal(signal.SIGTERM)  # a worker stops cleanly on SIGTERM
+        assert second.wait(10) == 0
+    with LocalCluster(workers=1) as ctx:  # the next cluster forks from the same server
+        (worker,) = ctx._source.processes  # type: ignore[attr-defined]
+        assert parent_of(worker.pid) == server
+
+
+def environment_and_directory(name: str) -> tuple[str | None, str]:
+    return os.environ.get(name), os.getcwd()
+
+
+def answer_of(module: str) -> object:
+    return importlib.import_module(module).answer()
+
+
+def test_a_forked_worker_has_its_cluster_s_environment_path_and_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "only_here.py").write_text("def answer():\n    return 42\n")
+    monkeypatch.chdir(tmp_path)
+    cluster = LocalCluster(workers=1, env={"BNDL_TEST_MARK": "marked"}, python_path=[str(tmp_path)])
+    with cluster as ctx:
+        probe = RmiTask(ctx, "probe", environment_and_directory, ("BNDL_TEST_MARK",))
+        (done,) = ctx.execute(Job(ctx, [probe]))
+        assert done.result() == ("marked", str(tmp_path))
+        # A module only the cluster's python_path has: the task imports it on the worker.
+        import_it = RmiTask(ctx, "import", answer_of, ("only_here",))
+        (imported,) = ctx.execute(Job(ctx, [import_it]))
+        assert imported.result() == 42
+    with LocalCluster(workers=1) as ctx:  # the mark was that cluster's, not the server's
+        probe = RmiTask(ctx, "probe", environment_and_directory, ("BNDL_TEST_MARK",))
+        (done,) = ctx.execute(Job(ctx, [probe]))
+        assert done.result()[0] is None
+
+
+def test_workers_die_with_their_fork_server_and_the_next_cluster_starts_a_new_one() -> None:
+    with LocalCluster(workers=2) as ctx:
+        cluster = ctx._source
+        assert isinstance(cluster, LocalCluster)
+        server = shared_fork_server(os.environ).process
+        pids = [p.pid for p in cluster.processes]
+        server.kill()
+        server.wait(10)
+        wait_until(lambda: all(gone(p) for p in pids), timeout=10, what="the workers died")
+        for process in cluster.processes:
+            assert process.loss_cause() == "killed by signal 9 (SIGKILL)"
+    with LocalCluster(workers=1) as ctx:
+        assert shared_fork_server(os.environ).process.pid != server.pid
+        (done,) = ctx.execute(Job(ctx, [RmiTask(ctx, "after", abs, (-3,))]))
+        assert done.result() == 3
+
+
+def test_bndl_fork_server_0_executes_each_worker_afresh() -> None:
+    with LocalCluster(workers=1, env={"BNDL_FORK_SERVER": "0"}) as ctx:
+        (worker,) = ctx._source.processes  # type: ignore[attr-defined]
+        assert isinstance(worker.process, subprocess.Popen)
+        assert parent_of(worker.pid) == os.getpid()
+        command = Path(f"/proc/{worker.pid}/cmdline").read_bytes().split(b"\0")
+        assert command[1:3] == [b"-m", b"bndl.worker"]
+
+
+def test_the_server_refuses_a_malformed_request_and_keeps_serving(tmp_path: Path) -> None:
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with theirs:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "bndl.worker.forkserver", "--socket", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        ours.settimeout(30)
+        streams = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
+        socket.send_fds(ours, [b"{not json"], streams)
+        assert "bad request" in json.loads(ours.recv(65536))["error"]
+        socket.send_fds(ours, [b'{"id": 1}'], streams[:1])
+        assert "1 streams passed, not 3" in json.loads(ours.recv(65536))["error"]
+        read_end, write_end = os.pipe()
+        request = {"id": 2, "argv": ["--help"], "env": dict(os.environ), "cwd": str(tmp_path)}
+        socket.send_fds(ours, [json.dumps(request).encode()], [streams[0], write_end, streams[2]])
+        os.close(write_end)
+        started = json.loads(ours.recv(65536))
+        assert started["id"] == 2 and started["pid"] > 0
+        with open(read_end) as stdout:
+            assert "usage:" in stdout.read()  # the worker's own --help, then its exit
+        assert json.loads(ours.recv(65536)) == {"id": 2, "exit": 0}
+        for fd in streams:
+            os.close(fd)
+    finally:
+        ours.close()  # the server's end sees EOF: it stops
+        assert server.wait(10) == 0
+
+
+DRIVER = textwrap.dedent(
+    """
+    import os, sys, time
+    from bndl.local import LocalCluster
+    from bndl.local.spawn import shared_fork_server
+
+    with LocalCluster(workers=2) as ctx:
+        cluster = ctx._source
+        server = shared_fork_server(os.environ).process.pid
+        print(server, " ".join(str(p.pid) for p in cluster.processes), flush=True)
+        time.sleep(120)
+    """
+)
+
+
+def test_a_driver_killed_by_sigkill_takes_its_fork_server_and_workers_along() -> None:
+    driver = subprocess.Popen(
+        [sys.executable, "-c", DRIVER],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+    )
+    try:
+        assert driver.stdout is not None
+        pids = [int(p) for p in driver.stdout.readline().split()]
+        assert len(pids) == 3 and not any(gone(p) for p in pids)
+        driver.send_signal(signal.SIGKILL)
+        driver.wait(10)
+        wait_until(lambda: all(gone(p) for p in pids), timeout=10, what="server and workers exited")
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.wait()
