@@ -1,8 +1,10 @@
 """Real worker processes for the worker and wire tests, and tests of the process itself.
 
 Other ``test_worker_*`` modules import :func:`start_worker`, :func:`client` and friends from here.
-Workers are started with ``python -m bndl.worker --port 0`` on loopback; the port is learnt from
-the READY line and every process is stopped by PID, also when a test fails.
+Workers are started with ``bndl.worker --port 0`` on loopback, forked from the fork server as
+LocalCluster starts them (:mod:`bndl.local.spawn`; the tests of the process itself below run
+``python -m bndl.worker``); the port is learnt from the READY line and every process is stopped by
+PID, also when a test fails.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from typing import Any, TypeVar
 
 import pytest
 
+from bndl.local.spawn import Process, spawn_worker
 from bndl.wire import ClientSettings, WorkerClient, create_session
 from bndl.wire.tls import new_cluster
 from bndl.worker import READY_PREFIX, parse_ready_line
@@ -64,7 +67,7 @@ def worker_env(**extra: str) -> dict[str, str]:
 class WorkerProcess:
     name: str
     url: str
-    proc: subprocess.Popen[str]
+    proc: Process
     health: str = ""
     """Base URL of its plain-HTTP probes."""
 
@@ -86,7 +89,7 @@ class WorkerProcess:
             self.proc.stdout.close()
 
 
-def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
+def read_line(proc: Process, timeout: float) -> str:
     """The next stdout line of ``proc``, waiting at most ``timeout`` seconds."""
     assert proc.stdout is not None
     with selectors.DefaultSelector() as selector:
@@ -97,12 +100,7 @@ def read_line(proc: subprocess.Popen[str], timeout: float) -> str:
 
 
 def start_worker(name: str, *args: str, timeout: float = 30.0, **env: str) -> WorkerProcess:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "bndl.worker", "--name", name, "--port", "0", *args],
-        stdout=subprocess.PIPE,
-        env=worker_env(**env),
-        text=True,
-    )
+    proc = spawn_worker(["--name", name, "--port", "0", *args], worker_env(**env), None)
     try:
         line = read_line(proc, timeout)
         announcement = parse_ready_line(line)
