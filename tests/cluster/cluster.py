@@ -76,7 +76,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from . import config, images
 from .config import NodeSpec
@@ -433,12 +433,10 @@ class Cluster:
         pid = self.pod_pids(namespace, pod, container)[0]
         os.kill(pid, sig)
         if sig == signal.SIGKILL:
-            wait_until(
+            wait_for_cluster(
                 lambda: proc_state(pid) in (None, "Z"),
                 timeout,
                 f"PID {pid} to exit",
-                ignoring=Exception,
-                interval=COMMAND_INTERVAL,
             )
         return pid
 
@@ -509,7 +507,7 @@ class Cluster:
             self._check_alive(*watch)
             return pred()
 
-        return wait_until(check, timeout, what, ignoring=Exception, interval=COMMAND_INTERVAL)
+        return wait_for_cluster(check, timeout, what)
 
     def log_tail(self, name: str, chars: int = 3000) -> str:
         return Path(self.procs[name].log).read_text(errors="replace")[-chars:]

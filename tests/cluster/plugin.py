@@ -16,8 +16,8 @@ Fixtures:
   ``.base_image``, ``.timings``, ``.memory_kib()``; faults: ``.stop_apiserver()`` /
   ``.start_apiserver()``, ``.pod_pids(ns, pod, container=None)``, ``.kill_container(ns, pod,
   container=None, sig=SIGKILL)``, ``.process_memory_kib(pid)``. Waits on it are
-  :func:`tests.helpers.waiting.wait_until` with ``ignoring=Exception`` (kubectl fails until the
-  object is there) and ``interval=COMMAND_INTERVAL``.
+  :func:`tests.helpers.waiting.wait_for_cluster` (any exception is "not yet": kubectl fails
+  until the object is there; it polls every ``COMMAND_INTERVAL``).
 * ``k8s_test_image`` (session): the harness's small HTTP server image, already on every node.
 * ``k8s_namespace`` (function): a fresh namespace, deleted afterwards.
 
@@ -50,7 +50,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from . import config, images
 from .cluster import Cluster, missing_binaries, reap_stale_runs
@@ -175,12 +175,10 @@ def fresh_namespace(k8s_cluster: Cluster) -> Iterator[str]:
     name = f"t-{secrets.token_hex(4)}"
     k8s_cluster.kubectl("create", "namespace", name)
     # Pods are admitted only once the namespace's default ServiceAccount exists.
-    wait_until(
+    wait_for_cluster(
         lambda: k8s_cluster.kubectl("get", "serviceaccount", "default", "-n", name, check=False),
         30,
         f"default ServiceAccount in {name}",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     try:
         yield name

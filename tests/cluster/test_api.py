@@ -11,7 +11,7 @@ import threading
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster, CommandError
 from .config import HERE
@@ -57,12 +57,10 @@ def test_service_account_token_denied_until_role_bound(
         out = pyexec(c, ns, "agent", IN_CLUSTER_LIST_PODS).split()
         return out if out[0] == "200" else None
 
-    _status, count = wait_until(
+    _status, count = wait_for_cluster(
         allowed,
         30,
         "the Role binding to take effect",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     assert int(count) >= 1
 
@@ -160,12 +158,10 @@ def test_crd_schema_rejects_invalid_objects(k8s_cluster: Cluster, k8s_namespace:
     c, ns = k8s_cluster, k8s_namespace
     c.apply(CRD)
     c.kubectl("wait", "--for=condition=Established", "crd/widgets.test.bndl.io", "--timeout=60s")
-    wait_until(
+    wait_for_cluster(
         lambda: "widgets" in c.kubectl("api-resources", "--api-group=test.bndl.io"),
         30,
         "widgets in discovery",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     for bad, message in (
         (widget(0), "spec.size in body should be greater than or equal to 1"),
@@ -185,24 +181,20 @@ def test_kubectl_logs_and_exec(
     c, ns = k8s_cluster, k8s_namespace
     c.apply(pod_yaml("srv", k8s_test_image), ns)
     wait_running(c, ns, "srv")
-    wait_until(
+    wait_for_cluster(
         lambda: "serving on port 8080" in c.kubectl("logs", "-n", ns, "srv"),
         30,
         "log",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     out = c.kubectl("exec", "-n", ns, "srv", "--", "python3", "-c",
                     "import os, socket; print(os.getuid(), socket.gethostname())")  # fmt: skip
     assert out.split() == ["65532", "srv"]
     # A request through exec shows up in the server's log.
     pyexec(c, ns, "srv", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/x')")
-    wait_until(
+    wait_for_cluster(
         lambda: "request GET /x" in c.kubectl("logs", "-n", ns, "srv"),
         30,
         "request log",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     with pytest.raises(CommandError) as err:
         c.kubectl("exec", "-n", ns, "srv", "--", "sh", "-c", "exit 7")
@@ -227,12 +219,10 @@ def test_helm_install_and_uninstall(
     assert json.loads(c.helm("list", "-n", ns, "-o", "json")) == []
     assert not c.kubectl("get", "deployment,service,configmap", "-n", ns, "-l",
                          "app.kubernetes.io/instance=hi", "-o", "name")  # fmt: skip
-    wait_until(
+    wait_for_cluster(
         lambda: not c.kubectl("get", "deployment,service", "-n", ns, "-o", "name"),
         60,
         "release objects gone",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from . import config
 from .cluster import Cluster, dns_query_a
@@ -92,20 +92,16 @@ def test_apiserver_outage_everything_recovers(
     running_s = time.monotonic() - t2
     steps = {c["type"]: c["lastTransitionTime"] for c in after["status"]["conditions"]}
     name = f"after.{ns}.svc.{config.CLUSTER_DOMAIN}"
-    wait_until(
+    wait_for_cluster(
         lambda: k8s_cluster.call_in_netns(dns_query_a, config.DNS_IP, name),
         60,
         f"DNS of {name}",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     # From the pod that ran through the outage: its network, DNS and the new Service's rules.
-    wait_until(
+    wait_for_cluster(
         lambda: pyexec(k8s_cluster, ns, "before", HTTP_GET, f"http://{name}/").startswith("200"),
         60,
         "the new Service to answer the old pod",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     recovered_s = time.monotonic() - t2
 
@@ -147,12 +143,10 @@ def test_killed_container_is_restarted_by_the_kubelet(
         st = container_status(pod(k8s_cluster, ns, "victim"))
         return st if st["restartCount"] >= 1 and "running" in st["state"] else None
 
-    st = wait_until(
+    st = wait_for_cluster(
         restarted,
         60,
         "the kubelet to restart the container",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     terminated = st["lastState"]["terminated"]
     assert terminated["exitCode"] == 128 + signal.SIGKILL, terminated

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster
 from .plugin import fresh_namespace
@@ -64,9 +64,7 @@ def test_deny_all_blocks_and_allow_admits_on_one_node_and_across_nodes(
             out = outcome(client)
             return out if out.startswith("200 hello from server") == allowed else None
 
-        return wait_until(
-            check, 60, f"{client} -> server {what}", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
+        return wait_for_cluster(check, 60, f"{client} -> server {what}")
 
     # No policy: every client reaches the server (the paths themselves work).
     for client in clients:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster
 from .config import NODE_CLASS_LABEL, ZONE_LABEL
@@ -60,12 +60,10 @@ def test_unsatisfiable_pod_stays_pending_unschedulable(
                 return cond  # type: ignore[no-any-return]
         return None
 
-    cond = wait_until(
+    cond = wait_for_cluster(
         unschedulable,
         60,
         "PodScheduled=False/Unschedulable",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     assert cond["status"] == "False"
     assert "didn't match Pod's node affinity/selector" in cond["message"]

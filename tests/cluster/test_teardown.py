@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster
 from .config import NodeSpec
@@ -38,12 +38,10 @@ def test_teardown_leaves_nothing_behind(k8s_cluster: Cluster, k8s_test_image: st
         small.start(preload=[k8s_test_image])
         ns = "teardown"
         small.kubectl("create", "namespace", ns)
-        wait_until(
+        wait_for_cluster(
             lambda: small.kubectl("get", "sa", "default", "-n", ns, check=False),
             30,
             "default SA",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )
         small.apply(pod_yaml("p", k8s_test_image, command=SLEEP), ns)
         wait_running(small, ns, "p")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster
 from .config import NODE_CLASS_LABEL, ZONE_LABEL
@@ -105,9 +105,7 @@ def test_deployment_reached_from_another_node_by_pod_ip_cluster_ip_and_dns(
             out = pyexec(c, ns, "client", HTTP_GET, url).strip()
             return out if out.startswith("200 hello from ") else None
 
-        out = wait_until(
-            get, 60, f"GET {url} from {client_node}", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
+        out = wait_for_cluster(get, 60, f"GET {url} from {client_node}")
         assert out.split()[-1] in names
         return out
 
@@ -171,33 +169,27 @@ def test_statefulset_scale_down_and_pod_recreation(
         sts = c.kubectl_json("get", "statefulset", "db", "-n", ns)
         return int(sts["status"].get("readyReplicas", 0))
 
-    wait_until(
+    wait_for_cluster(
         lambda: ready_replicas() == 3,
         120,
         "3 ready replicas",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
-    wait_until(
+    wait_for_cluster(
         lambda: len(running_containers(c, ns, "member")) == 3,
         30,
         "3 running containers",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
 
     c.kubectl("scale", "statefulset", "db", "-n", ns, "--replicas=1")
-    wait_until(
+    wait_for_cluster(
         lambda: len(running_containers(c, ns, "member")) == 1,
         90,
         "exactly one running container",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
-    wait_until(
+    wait_for_cluster(
         lambda: [p["metadata"]["name"] for p in
                  c.kubectl_json("get", "pods", "-n", ns, "-l", "app=db")["items"]] == ["db-0"],
-        60, "only db-0 left", ignoring=Exception, interval=COMMAND_INTERVAL,
+        60, "only db-0 left",
     )  # fmt: skip
     running = running_containers(c, ns, "member")
     assert len(running) == 1
@@ -211,15 +203,11 @@ def test_statefulset_scale_down_and_pod_recreation(
         conds = {x["type"]: x["status"] for x in p["status"].get("conditions", [])}
         return p["metadata"]["uid"] != old_uid and conds.get("Ready") == "True"
 
-    wait_until(
-        recreated, 120, "db-0 recreated and Ready", ignoring=Exception, interval=COMMAND_INTERVAL
-    )
-    wait_until(
+    wait_for_cluster(recreated, 120, "db-0 recreated and Ready")
+    wait_for_cluster(
         lambda: len(running_containers(c, ns, "member")) == 1,
         60,
         "one running container",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     new_ip = pod(c, ns, "db-0")["status"]["podIP"]
     assert new_ip.startswith("198.18.")
@@ -238,9 +226,7 @@ def test_failing_container_is_restarted_into_crashloopbackoff(
             return st  # type: ignore[no-any-return]
         return None
 
-    st = wait_until(
-        crashlooping, 120, "CrashLoopBackOff", ignoring=Exception, interval=COMMAND_INTERVAL
-    )
+    st = wait_for_cluster(crashlooping, 120, "CrashLoopBackOff")
     assert st["lastState"]["terminated"]["exitCode"] == 3  # type: ignore[index]
     assert pod(c, ns, "crasher")["spec"]["restartPolicy"] == "Always"
 
@@ -249,6 +235,4 @@ def test_failing_container_is_restarted_into_crashloopbackoff(
         out = c.kubectl("logs", "-n", ns, "crasher", "--previous", check=False)
         return "boom" in out or "boom" in c.kubectl("logs", "-n", ns, "crasher", check=False)
 
-    wait_until(
-        logged, 60, "the crashed container's log", ignoring=Exception, interval=COMMAND_INTERVAL
-    )
+    wait_for_cluster(logged, 60, "the crashed container's log")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .cluster import Cluster
 
@@ -64,12 +64,10 @@ def wait_running(cluster: Cluster, ns: str, name: str, timeout: float = 120) -> 
         ok = p["status"].get("phase") == "Running" and conds.get("Ready") == "True"
         return p if ok else None
 
-    return wait_until(
+    return wait_for_cluster(
         ready,
         timeout,
         f"pod {ns}/{name} Running and Ready",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
 
 

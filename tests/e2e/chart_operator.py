@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, WaitTimeout, wait_until
+from tests.helpers.waiting import WaitTimeout, wait_for_cluster
 
 from . import jobs
 
@@ -163,14 +163,12 @@ class ChartOperator:
         for ns in (self.namespace, self.jobs_namespace):
             restricted_namespace(self.cluster.kubectl, ns)
             # Pods are admitted only once the namespace's default ServiceAccount exists.
-            wait_until(
+            wait_for_cluster(
                 lambda ns=ns: self.cluster.kubectl(
                     "get", "serviceaccount", "default", "-n", ns, check=False
                 ),
                 30,
                 f"default ServiceAccount in {ns}",
-                ignoring=Exception,
-                interval=COMMAND_INTERVAL,
             )
 
     def _values(self, set_args: Sequence[str], replicas: int | None) -> list[str]:
@@ -240,12 +238,10 @@ class ChartOperator:
             return pods if len(pods) == count and fresh and all(map(ready, pods)) else None
 
         try:
-            return wait_until(
+            return wait_for_cluster(
                 check,
                 timeout,
                 f"{count} operator pods Ready",
-                ignoring=Exception,
-                interval=COMMAND_INTERVAL,
             )
         except WaitTimeout as e:
             raise AssertionError(f"{e}\n{self.diagnostics()}") from e

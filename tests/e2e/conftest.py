@@ -23,7 +23,7 @@ import pytest
 from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
 from tests.cluster.procs import ProcRecord, start_process, stop_processes
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .chart_operator import E2E_TAG, chart_operator, operator_image  # noqa: F401  (fixtures for every e2e test)
 
@@ -106,12 +106,10 @@ def bndl_operator(
                 raise RuntimeError(f"the operator exited:\n{operator.log_text()[-3000:]}")
             return operator.liveness()[0] == 200
 
-        wait_until(
+        wait_for_cluster(
             healthy,
             60,
             "the operator's liveness endpoint",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )
         yield operator
     finally:

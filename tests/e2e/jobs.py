@@ -9,7 +9,7 @@ from typing import Any
 import yaml
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -63,9 +63,7 @@ def wait_status(
         return st if check(st) else None
 
     try:
-        return wait_until(
-            ready, timeout, f"{name}: {what}", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
+        return wait_for_cluster(ready, timeout, f"{name}: {what}")
     except TimeoutError as e:
         raise AssertionError(f"{e}; last status: {json.dumps(status(cluster, ns, name))}") from e
 

@@ -39,7 +39,7 @@ import pytest
 import yaml
 
 from tests.cluster import config as cluster_config
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .chart_operator import E2E_TAG, split_image
 
@@ -304,12 +304,10 @@ def wait_operator_ready(
         return operator_pod(target, ns, not_uids or set())
 
     try:
-        return wait_until(
+        return wait_for_cluster(
             ready,
             READY_TIMEOUT,
             f"operator pod Ready in {ns}",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )
     except TimeoutError as e:
         raise AssertionError(f"{e}\n{diagnose(target, ns)}") from e
@@ -343,12 +341,10 @@ def wait_job_finished(target: Target, ns: str, name: str, op_ns: str) -> dict[st
         return job if phase in ("Succeeded", "Failed", "Cancelled") else None
 
     try:
-        return wait_until(
+        return wait_for_cluster(
             finished,
             JOB_TIMEOUT,
             f"BndlJob {ns}/{name} finished",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )
     except TimeoutError as e:
         extra = target.kubectl("get", "bndljob,pods,events", "-n", ns, "-o", "wide", check=False)
@@ -482,11 +478,10 @@ def test_install_run_upgrade_uninstall(images: Target, namespaces: tuple[str, st
 
     # --- uninstall: everything of the release goes; the CRD and the BndlJobs stay.
     target.helm("uninstall", release, "-n", op_ns, "--wait", "--timeout", "120s")
-    wait_until(
+    wait_for_cluster(
         lambda: gone(target, "deployments,pods,serviceaccounts,services", "-n", op_ns,
                      "-l", f"app.kubernetes.io/instance={release}"),
         READY_TIMEOUT, "the release's namespaced objects deleted",
-        ignoring=Exception, interval=COMMAND_INTERVAL,
     )  # fmt: skip
     assert gone(
         target, "roles,rolebindings", "-n", jobs_ns, "-l", "app.kubernetes.io/managed-by=Helm"

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.e2e.chart_operator import ChartOperator, diamond, restarts
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -14,7 +14,7 @@ pytestmark = pytest.mark.cluster
 def test_chart_operator_runs_a_job_and_survives_a_kill(chart_operator: ChartOperator) -> None:
     op = chart_operator
     pods = {p["metadata"]["name"]: p for p in op.pods()}
-    leader = wait_until(op.leader, 60, "a leader", ignoring=Exception, interval=COMMAND_INTERVAL)
+    leader = wait_for_cluster(op.leader, 60, "a leader")
     assert leader in pods, (leader, sorted(pods))
 
     job, expected = diamond("diamond-chart-op")
@@ -29,21 +29,14 @@ def test_chart_operator_runs_a_job_and_survives_a_kill(chart_operator: ChartOper
 
     before = pods[leader]
     op.kill(leader)
-    wait_until(
+    wait_for_cluster(
         lambda: restarts(op.pod(leader)) > restarts(before),
         60,
         "the operator container restarted",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     again = {p["metadata"]["name"]: p for p in op.wait_ready(len(pods))}
     assert again.keys() == pods.keys()  # the same pods: restarted in place, not replaced
     [st] = [s for s in again[leader]["status"]["containerStatuses"] if s["name"] == "operator"]
     assert st["lastState"]["terminated"]["exitCode"] == 137, st
     assert f"--- {leader} (previous container) ---" in op.logs(leader)
-    assert (
-        wait_until(
-            op.leader, 60, "a leader after the kill", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
-        in pods
-    )
+    assert wait_for_cluster(op.leader, 60, "a leader after the kill") in pods

@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from . import jobs
 from .chart_operator import JOB_TIMEOUT, ChartOperator
@@ -156,12 +156,10 @@ def test_logs_show_what_a_failed_task_printed_after_its_pods_are_gone(
     assert "job 'cli-fails' Failed: TaskFailed: task 'loud' failed: RuntimeError" in done.stderr
     assert "bndl logs cli-fails" in done.stderr
     # the default cleanupPolicy deletes the worker pods of a failed job
-    wait_until(
+    wait_for_cluster(
         lambda: not jobs.pods(op.cluster, ns, "cli-fails"),
         120,
         "no worker pods",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     for args in ([], ["--task", "loud"]):
         logs = bndl(op.cluster, "logs", "cli-fails", "-n", ns, *args)

@@ -6,7 +6,7 @@ import pytest
 
 from tests.cluster.cluster import Cluster
 from tests.cluster.procs import CommandError
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .conftest import OperatorProcess
 from .jobs import apply, job_doc, pods, wait_finished
@@ -65,12 +65,10 @@ def test_failure_deadline_cleanup_policy_and_ttl(
     st = wait_finished(k8s_cluster, ns, "late", timeout=120)
     assert st["phase"] == "Failed" and st["reason"] == "DeadlineExceeded", st
     assert "activeDeadlineSeconds (20)" in st["message"]
-    wait_until(
+    wait_for_cluster(
         lambda: not pods(k8s_cluster, ns, "late"),
         60,
         "late's workers gone",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
 
     def gone() -> bool:
@@ -80,10 +78,8 @@ def test_failure_deadline_cleanup_policy_and_ttl(
             return "NotFound" in e.stderr
         return False
 
-    wait_until(
+    wait_for_cluster(
         gone,
         90,
         "the TTL to delete the finished job",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )

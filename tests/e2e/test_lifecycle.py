@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import COMMAND_INTERVAL, wait_for_cluster, wait_until
 
 from .conftest import OperatorProcess
 from .jobs import (
@@ -97,12 +97,10 @@ def test_deleted_worker_pod_is_recomputed_around_and_its_replacement_used(
         now = live_pods(k8s_cluster, ns, "lose").get(victim)
         return bool(now and now["metadata"]["uid"] != old_uid)
 
-    wait_until(
+    wait_for_cluster(
         replaced,
         60,
         "the StatefulSet to recreate the pod",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     wait_until(
         lambda: operator.log_text().count(joined) > joins,
@@ -157,12 +155,10 @@ def test_deleting_a_running_job_cancels_its_tasks_and_removes_its_workers(
     k8s_cluster.kubectl("delete", "bndljob", "doomed", "-n", ns, "--timeout=90s")
     gone = k8s_cluster.kubectl("get", "bndljobs", "-n", ns, "-o", "name")
     assert not gone.strip()
-    wait_until(
+    wait_for_cluster(
         lambda: not pods(k8s_cluster, ns, "doomed"),
         90,
         "the workers to be removed",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     cancelled = [e for e in events(k8s_cluster, ns, "doomed") if e["reason"] == "Cancelled"]
     assert cancelled, events(k8s_cluster, ns, "doomed")
@@ -203,12 +199,10 @@ def test_suspend_scales_workers_to_zero_and_resume_completes(
         k8s_cluster, ns, "pausing", lambda s: s.get("phase") == "Suspended", 60, "Suspended"
     )
     assert st["tasks"]["succeeded"] == n, st["tasks"]
-    wait_until(
+    wait_for_cluster(
         lambda: not pods(k8s_cluster, ns, "pausing"),
         90,
         "the workers to scale to zero",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     sts = k8s_cluster.kubectl_json("get", "statefulset", "pausing-workers", "-n", ns)
     assert sts["spec"]["replicas"] == 0

@@ -25,7 +25,7 @@ from tests.cluster import config
 from tests.cluster.cluster import Cluster, base_env
 from tests.cluster.procs import ProcRecord, start_process, stop_processes
 from tests.e2e.chart_operator import ChartOperator, diamond
-from tests.helpers.waiting import COMMAND_INTERVAL, WaitTimeout, wait_until
+from tests.helpers.waiting import WaitTimeout, wait_for_cluster
 
 pytestmark = pytest.mark.cluster
 
@@ -124,9 +124,7 @@ class Prometheus:
             "prometheus", cmd, self.dir / "prometheus.log", netns=self.cluster.netns,
             env=base_env(),
         )  # fmt: skip
-        wait_until(
-            self.ready, 120, "Prometheus ready", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
+        wait_for_cluster(self.ready, 120, "Prometheus ready")
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -170,12 +168,10 @@ class Prometheus:
             return bool(seen) and seen[-1] == expected
 
         with contextlib.suppress(WaitTimeout):  # the caller's assertion names the value
-            wait_until(
+            wait_for_cluster(
                 settled,
                 timeout,
                 f"{promql} == {expected}",
-                ignoring=Exception,
-                interval=COMMAND_INTERVAL,
             )
         return seen[-1] if seen else float("nan")
 
@@ -225,12 +221,10 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
         got = {r["metric"]["pod"] for r in up}
         return got if got == pods else None
 
-    wait_until(
+    wait_for_cluster(
         operators_up,
         WAIT,
         "both operator pods scraped",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     leader = op.leader()
     reporting = {r["metric"]["pod"] for r in prometheus.query(promql)}
@@ -250,9 +244,7 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
         got = {r["metric"]["pod"] for r in up}
         return got if got == workers else None
 
-    wait_until(
-        workers_up, WAIT, "every worker scraped", ignoring=Exception, interval=COMMAND_INTERVAL
-    )
+    wait_for_cluster(workers_up, WAIT, "every worker scraped")
     ended = prometheus.settled_value(f'sum(bndl_worker_tasks_run_total{{namespace="{ns}"}})', tasks)
     dispatched = prometheus.settled_value(
         f'sum(bndl_tasks_dispatched_total{{namespace="{ns}"}})', tasks
@@ -267,10 +259,8 @@ def test_prometheus_scrapes_the_operator_and_the_workers(
 
     # A deleted job's series go.
     op.cluster.kubectl("delete", "bndljob", name, "-n", ns, "--wait=true", "--timeout=120s")
-    wait_until(
+    wait_for_cluster(
         lambda: prometheus.query(promql) == [],
         WAIT,
         "the deleted job's series gone",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )

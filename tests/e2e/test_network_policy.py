@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.testlib import SLEEP, pod_yaml, probe, wait_running
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from . import jobs
 from .chart_operator import CONTAINER, ChartOperator, diamond
@@ -217,12 +217,10 @@ def test_worker_port_admits_only_the_operator_and_the_jobs_workers(
         w = label(worker, "task")
         # The control first: the path works and the worker's listener answers (its IP is known
         # to the enforcer once the pod is; allow a moment for a pod that just started).
-        matrix["lookalike", w] = wait_until(
+        matrix["lookalike", w] = wait_for_cluster(
             lambda worker=worker: admitted("lookalike", worker),
             60,
             f"the operator's labels admitted to {w}",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )
         for source in ("stranger", "neighbour"):
             matrix[source, w] = task_port(source, worker)

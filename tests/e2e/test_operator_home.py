@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .chart_operator import ChartOperator
 from .conftest import MEASUREMENTS
@@ -88,17 +88,15 @@ def wait_running(op: ChartOperator, name: str, running: int) -> dict[str, Any]:
         st = op.status(name)
         return st if st.get("tasks", {}).get("running", 0) >= running else None
 
-    return wait_until(
+    return wait_for_cluster(
         check,
         240,
         f"{name}: {running} tasks running",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
 
 
 def leader_pod(op: ChartOperator) -> str:
-    holder = wait_until(op.leader, 120, "a leader", ignoring=Exception, interval=COMMAND_INTERVAL)
+    holder = wait_for_cluster(op.leader, 120, "a leader")
     return holder
 
 
@@ -127,12 +125,10 @@ def restart_case(op: ChartOperator, name: str, restart: Any) -> float:
     wait_running(op, name, 4)
     before = checkpoint(op, name)
     restart()
-    wait_until(
+    wait_for_cluster(
         lambda: checkpoint(op, name).get("incarnation") not in (None, before.get("incarnation")),
         240,
         f"{name}: a new operator incarnation adopted the job",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     held_and_run_once(op, name)
     return time.monotonic() - t0
@@ -184,12 +180,10 @@ def test_restarts_upgrades_and_failover_lose_no_work(home: ChartOperator) -> Non
         "delete", "pod", leader, "-n", op.namespace, "--grace-period=0", "--force", check=False
     )
     op.kill(leader) if _alive(op, leader) else None
-    after = wait_until(
+    after = wait_for_cluster(
         lambda: (c := checkpoint(op, name)).get("incarnation") != before.get("incarnation") and c,
         240,
         "the standby adopted the job",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     failover = datetime.fromisoformat(after["since"]).timestamp() - killed
     assert after["operator"] != leader
@@ -260,9 +254,7 @@ def test_hundred_jobs_at_once(home: ChartOperator) -> None:
         finished = all(p in ("Succeeded", "Failed", "Cancelled") for p in phases)
         return jobs if len(jobs) == n and finished else None
 
-    jobs = wait_until(
-        all_done, 1200, f"{n} jobs finished", ignoring=Exception, interval=COMMAND_INTERVAL
-    )
+    jobs = wait_for_cluster(all_done, 1200, f"{n} jobs finished")
     failed = [
         (j["metadata"]["name"], j["status"]) for j in jobs if j["status"]["phase"] != "Succeeded"
     ]
@@ -292,21 +284,17 @@ def test_scale_a_running_job(home: ChartOperator) -> None:
     )
     wait_running(op, name, 2)
     op.cluster.kubectl("scale", "bndljob", name, "-n", op.jobs_namespace, "--replicas=4")
-    st = wait_until(
+    st = wait_for_cluster(
         lambda: (s := op.status(name)).get("workers", {}).get("ready", 0) >= 4 and s,
         180,
         "4 workers Ready in the job",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     # A worker that joins gets a ready task at once: let a few finish on all four.
     done = st["tasks"]["succeeded"]
-    wait_until(
+    wait_for_cluster(
         lambda: op.status(name).get("tasks", {}).get("succeeded", 0) >= done + 8 or None,
         180,
         "8 more tasks done on 4 workers",
-        ignoring=Exception,
-        interval=COMMAND_INTERVAL,
     )
     op.cluster.kubectl("scale", "bndljob", name, "-n", op.jobs_namespace, "--replicas=1")
     st = op.wait_phase(name, ("Succeeded", "Failed"), timeout=300)
@@ -340,9 +328,7 @@ class PeakMemory:
             st = self.op.status(name)
             return st if st.get("phase") in ("Succeeded", "Failed") else None
 
-        st: dict[str, Any] = wait_until(
-            check, timeout, f"{name} finished", ignoring=Exception, interval=COMMAND_INTERVAL
-        )
+        st: dict[str, Any] = wait_for_cluster(check, timeout, f"{name} finished")
         self.sample()
         return st
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.cluster.cluster import Cluster
-from tests.helpers.waiting import COMMAND_INTERVAL, wait_until
+from tests.helpers.waiting import wait_for_cluster
 
 from .conftest import OperatorProcess
 from .jobs import EXAMPLES, events, example, expected, pods, printed, wait_finished
@@ -61,10 +61,8 @@ def test_examples_succeed_with_counts_results_and_cleanup(
             )
             return not left.strip() and not pods(k8s_cluster, ns, job)
 
-        wait_until(
+        wait_for_cluster(
             cleaned,
             90,
             f"{name}'s workers to be cleaned up",
-            ignoring=Exception,
-            interval=COMMAND_INTERVAL,
         )

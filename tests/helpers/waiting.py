@@ -66,6 +66,13 @@ def wait_until(
         time.sleep(interval)
 
 
+def wait_for_cluster(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+    """:func:`wait_until` for a condition that asks the cluster (kubectl, crictl, the API): any
+    exception means "not yet" (the resource or the API itself may come and go), and it polls every
+    :data:`COMMAND_INTERVAL`."""
+    return wait_until(condition, timeout, what, ignoring=Exception, interval=COMMAND_INTERVAL)
+
+
 async def wait_until_async(
     condition: Callable[[], Any],
     timeout: float = 30.0,
