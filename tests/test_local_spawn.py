@@ -176,3 +176,72 @@ def test_a_driver_killed_by_sigkill_takes_its_fork_server_and_workers_along() ->
         if driver.poll() is None:
             driver.kill()
             driver.wait()
+
+
+def test_ctrl_c_reaching_the_fork_server_does_not_take_the_workers_along() -> None:
+    """Ctrl-C signals the whole process group; the server ignores it (each worker stops on it)."""
+    with LocalCluster(workers=1) as ctx:
+        server = shared_fork_server(os.environ).process.pid
+        (worker,) = ctx._source.processes  # type: ignore[attr-defined]
+        os.kill(server, signal.SIGINT)
+        with LocalCluster(workers=1):  # answered after the signal: by the same server
+            assert shared_fork_server(os.environ).process.pid == server
+        assert worker.loss_cause() is None
+        (done,) = ctx.execute(Job(ctx, [RmiTask(ctx, "after", abs, (-3,))]))
+        assert done.result() == 3
+
+
+def descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            child = int(stat.parent.name)
+            children.setdefault(parent_of(child), []).append(child)
+        except (OSError, ValueError):
+            continue
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_ctrl_c_on_bndl_run_cancels_the_job_and_leaves_no_process(tmp_path: Path) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    started, gate = tmp_path / "started", tmp_path / "gate"
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        textwrap.dedent(
+            f"""\
+            apiVersion: bndl.io/v1alpha1
+            kind: BndlJob
+            metadata: {{name: held}}
+            spec:
+              code: {{pythonPath: ["{examples}"]}}
+              tasks:
+                - {{id: started, call: "os:mkdir", args: ["{started}"]}}
+                - {{id: held, call: "bndl_examples.gates:wait_for_file", args: ["{gate}"]}}
+            """
+        )
+    )
+    run = subprocess.Popen(
+        [sys.executable, "-m", "bndl.cli", "run", str(job), "--workers", "2", "--no-progress"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's foreground job
+    )
+    try:
+        wait_until(started.exists, timeout=60, what="the job's first task ran")
+        spawned = descendants(run.pid)
+        assert len(spawned) == 3, spawned  # the fork server and two workers
+        os.killpg(run.pid, signal.SIGINT)
+        _, err = run.communicate(timeout=30)
+        assert run.returncode == 130, err
+        assert "interrupted: the running tasks were cancelled" in err
+        wait_until(lambda: all(gone(p) for p in spawned), timeout=10, what="no process left")
+    finally:
+        if run.poll() is None:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait()

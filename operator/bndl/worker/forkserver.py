@@ -67,6 +67,7 @@ def _become_worker(
         parent = os.getppid()
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         for fd in closing:
             os.close(fd)
         for target, fd in enumerate(fds):
@@ -107,6 +108,9 @@ class _Server:
         self.wakeup_r, self.wakeup_w = os.pipe()
         os.set_blocking(self.wakeup_w, False)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # a handler, so the wakeup fd is written
+        # Ctrl-C reaches the whole process group: the driver stops its workers, and each worker
+        # stops on it too; the server must not die of it and take them along with SIGKILL.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.set_wakeup_fd(self.wakeup_w)
 
     def send(self, message: dict[str, Any]) -> None:
