@@ -1,6 +1,7 @@
 # The two commands of the README: `make run` (an example job) and `make test` (everything CI runs).
 # The fast tier for the development loop: `make unit` (lint and every test that needs no cluster
-# and no root, one process per core: about 50 s on 2 idle cores; after `make install` once).
+# and no root, one process per core, property tests at a fifth of their examples: about 50 s on 2
+# idle cores; after `make install` once). `make test` runs every test at its full count.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
 # The marker of the tests that need the real Kubernetes of tests/cluster (and root).
@@ -30,14 +31,18 @@ cluster-bin:
 # worker is started once. `make fast JOBS=1` runs them in this process, in file order. They start
 # hundreds of Python processes and pytest rewrites every test module: compiled caches (__pycache__,
 # ignored by git) are kept even where the environment sets PYTHONDONTWRITEBYTECODE (8 s of CPU).
+# The hypothesis profile (tests/helpers/hypothesis_profiles.py): `dev` tries a fifth of each property
+# test's examples; `make fast HYPOTHESIS_PROFILE=ci` (as the GitHub workflow runs it) all of them.
 JOBS ?= auto
+HYPOTHESIS_PROFILE ?= dev
 fast:
-	PYTHONDONTWRITEBYTECODE= $(PYTHON) -m pytest -q -m "not $(CLUSTER_MARKER)" $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile)
+	PYTHONDONTWRITEBYTECODE= HYPOTHESIS_PROFILE=$(HYPOTHESIS_PROFILE) $(PYTHON) -m pytest -q -m "not $(CLUSTER_MARKER)" $(if $(filter-out 1,$(JOBS)),-n $(JOBS) --dist loadfile)
 
 unit: lint fast
 
-# Every test: unit, property, process-level and end-to-end on the test cluster.
+# Every test: unit, property (every example: the `ci` hypothesis profile), process-level and
+# end-to-end on the test cluster.
 suite:
-	$(PYTHON) -m pytest -q
+	HYPOTHESIS_PROFILE=ci $(PYTHON) -m pytest -q
 
 test: install lint cluster-bin suite

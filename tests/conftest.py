@@ -1,5 +1,6 @@
-"""Suite-wide fixtures: the real Kubernetes test cluster (tests/cluster/plugin.py), and the tools
-the fast tier runs when they are there (helm).
+"""Suite-wide fixtures: the real Kubernetes test cluster (tests/cluster/plugin.py), the tools
+the fast tier runs when they are there (helm), and the hypothesis profile (``HYPOTHESIS_PROFILE``:
+``ci``, the default, or ``dev``, see tests/helpers/hypothesis_profiles.py).
 
 A tool this machine lacks makes its tests "skipped" with the command that provides it, never
 "failed": the fast tier stays usable on a fresh laptop, and `make test` (which runs
@@ -14,6 +15,9 @@ import shutil
 import pytest
 
 from tests.cluster import config as cluster_config
+from tests.helpers import hypothesis_profiles
+
+hypothesis_profiles.load()  # before any test module is imported: they scale their counts by it
 
 pytest_plugins = ["tests.cluster.plugin"]
 

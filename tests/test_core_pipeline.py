@@ -24,6 +24,7 @@ from bndl.execute.core import (
     TaskSpec,
     Withdraw,
 )
+from tests.helpers.hypothesis_profiles import examples
 
 
 def chain(n: int, pipeline: bool = True) -> list[TaskSpec]:
@@ -225,7 +226,7 @@ _STALLED_AFTER_A_LOSS = Scenario(
 )
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(300), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 @example(_STALLED_AFTER_A_LOSS)
 def test_pipelined_jobs_end_and_never_charge_a_missing_input(sc: Scenario) -> None:

@@ -27,6 +27,7 @@ from bndl.execute.core import (
     TaskSpec,
     WorkerKilledByTask,
 )
+from tests.helpers.hypothesis_profiles import examples
 
 
 @dataclass
@@ -176,7 +177,7 @@ class Simulator:
             assert guard < 10_000, "the job does not end"
 
 
-@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=examples(500), deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(scenarios())
 def test_invariants_hold_under_random_events(sc: Scenario) -> None:
     sim = Simulator(sc)
@@ -211,7 +212,7 @@ def test_invariants_hold_under_random_events(sc: Scenario) -> None:
             assert losses < sc.max_worker_losses
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(scenarios(), st.integers(0, 30))
 def test_cancel_at_any_point_ends_the_job_with_nothing_running(sc: Scenario, at: int) -> None:
     sim = Simulator(sc)

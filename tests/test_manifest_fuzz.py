@@ -34,6 +34,7 @@ from bndl.manifest import (
     read_manifest,
     validate_manifest,
 )
+from tests.helpers.hypothesis_profiles import examples
 
 ROOT = Path(__file__).resolve().parent.parent
 BOUND = 5.0
@@ -354,8 +355,8 @@ def test_the_cli_in_a_real_process(tmp_path: Path) -> None:
 # -- hypothesis --------------------------------------------------------------------------------
 
 FUZZ = settings(
-    # BNDL_FUZZ_EXAMPLES=5000 for a longer hunt; the default keeps this file near 10 s
-    max_examples=int(os.environ.get("BNDL_FUZZ_EXAMPLES", "150")),
+    # BNDL_FUZZ_EXAMPLES=5000 for a longer hunt (under either hypothesis profile)
+    max_examples=int(os.environ.get("BNDL_FUZZ_EXAMPLES") or examples(150)),
     deadline=None,  # the bound is asserted per example, with a clear message
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )

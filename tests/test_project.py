@@ -53,6 +53,7 @@ def test_the_workflows_pass_actionlint() -> None:
 def test_ci_runs_the_fast_tier_and_the_kind_end_to_end_job() -> None:
     ci = (WORKFLOWS / "ci.yml").read_text()
     assert "make unit" in ci
+    assert "HYPOTHESIS_PROFILE: ci" in ci, "CI tries every example of the property tests"
     assert "pull_request" in ci and "push" in ci
     assert (WORKFLOWS / "e2e-kind.yml").exists()
 
@@ -95,6 +96,7 @@ def test_make_unit_is_lint_and_the_tests_without_the_cluster_marker() -> None:
     pytest_lines = [line for line in lines if "-m pytest" in line]
     assert pytest_lines == [pytest_lines[0]] and '-m "not cluster"' in pytest_lines[0], lines
     assert "-n auto --dist loadfile" in pytest_lines[0], "the fast tier runs on every core"
+    assert "HYPOTHESIS_PROFILE=dev " in pytest_lines[0], "the development loop's short profile"
     for tool in ("ruff check .", "ruff format --check .", "mypy", "lint-imports"):
         assert tool in lines, f"make unit does not run {tool!r}: {lines}"
     assert not any("build.sh" in line or "pip install" in line for line in lines), lines
@@ -104,5 +106,6 @@ def test_make_test_still_runs_everything_after_building_the_cluster() -> None:
     lines = make_dry_run("test")
     pytest_lines = [line for line in lines if "-m pytest" in line]
     assert len(pytest_lines) == 1 and " -m " not in pytest_lines[0].split("pytest", 1)[1], lines
+    assert pytest_lines[0].startswith("HYPOTHESIS_PROFILE=ci "), "every example of each property"
     build = next(i for i, line in enumerate(lines) if "tests/cluster/build.sh" in line)
     assert build < lines.index(pytest_lines[0]), "build.sh (which builds actionlint) runs first"
