@@ -4,19 +4,20 @@ worker processes (a LocalCluster started by ``bndl.cli.main``)."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 
 import pytest
 
 from bndl.cli import main
-from bndl.execute.profile import FuncStat, format_cpu_top
+from bndl.execute.profile import FuncStat, format_cpu_top, format_memory_top
 
 
-def manifest(tmp_path: Path, tasks: str, profiling: str = "") -> Path:
+def manifest(tmp_path: Path, tasks: str, profiling: str = "", workers: int = 1) -> Path:
     path = tmp_path / "job.yaml"
     path.write_text(
         "apiVersion: bndl.io/v1alpha1\nkind: BndlJob\nmetadata: {name: profiled}\n"
-        f"spec:\n  workers: {{replicas: 2}}\n{profiling}  tasks:\n{tasks}"
+        f"spec:\n  workers: {{replicas: {workers}}}\n{profiling}  tasks:\n{tasks}"
     )
     return path
 
@@ -34,6 +35,7 @@ def test_run_prints_the_merged_cpu_and_memory_profile(
         "      call: tests.test_profiling_tasks:hold_memory_for_the_profile\n"
         "      args: [3000000]\n",
         "  profiling: {cpu: true, memory: true, top: 5}\n",
+        workers=2,  # the profiles of both are merged
     )
     assert main(["run", str(path), "--no-progress"]) == 0
     out, err = capsys.readouterr()
@@ -92,3 +94,39 @@ def test_the_cpu_table_leaves_out_the_worker_and_keeps_the_top() -> None:
     assert "2 of the worker's own left out" in lines[0]
     assert "work  (/srv/app/jobs.py:3)" in lines[2] and "helper" in lines[3]
     assert len(lines) == 4
+
+
+def test_the_memory_table_leaves_out_the_worker_the_import_system_and_unknown_lines() -> None:
+    def traced(
+        filename: str, lineno: int, size: int
+    ) -> tuple[int, int, tuple[tuple[str, int]], int]:
+        return (0, size, ((filename, lineno),), 1)  # domain, size, frames, frame count
+
+    one = tracemalloc.Snapshot(
+        [
+            traced("/srv/app/jobs.py", 3, 4096),
+            traced("/srv/app/jobs.py", 3, 1024),
+            traced("/srv/venv/bndl/worker/runner.py", 1, 9999),
+            traced("/srv/python/asyncio/events.py", 80, 8888),
+            traced("<frozen importlib._bootstrap>", 241, 7777),
+            traced("<frozen importlib._bootstrap_external>", 729, 7777),
+            traced("<unknown>", 0, 6666),
+            traced("/srv/app/helper.py", 9, 2048),
+        ],
+        1,
+    )
+    other = tracemalloc.Snapshot([traced("/srv/app/jobs.py", 3, 1024)], 1)
+    lines = format_memory_top([one, other], 5).splitlines()
+    assert lines[0] == (
+        "Memory profile (tracemalloc, held at the end over 2 worker(s)): "
+        "top 2 of 2 lines, 8.0 KiB in all"
+    )
+    assert lines[2].split() == ["6.0", "3", "/srv/app/jobs.py:3"]
+    assert lines[3].split() == ["2.0", "1", "/srv/app/helper.py:9"]
+    assert len(lines) == 4
+    # custom machinery: only what it names is left out (and never the import system)
+    lines = format_memory_top([one], 5, machinery=["app"]).splitlines()
+    assert [line.split()[-1] for line in lines[2:]] == [
+        "/srv/venv/bndl/worker/runner.py:1",
+        "/srv/python/asyncio/events.py:80",
+    ]

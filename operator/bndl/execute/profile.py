@@ -340,6 +340,13 @@ job's own functions. Path fragments, matched anywhere in a module's file name (t
 paths need not be the summarising process's), or a prefix for names such as ``<frozen ...>``."""
 
 
+_NO_SOURCE = frozenset(
+    ["<frozen importlib._bootstrap>", "<frozen importlib._bootstrap_external>", "<unknown>"]
+)
+"""Allocations of the import system and of no known line: left out of the memory summary whatever
+the machinery."""
+
+
 def _is_machinery(path: str, machinery: Sequence[str]) -> bool:
     if path.startswith("<"):
         return any(path.startswith(m) for m in machinery if m.startswith("<"))
@@ -386,20 +393,17 @@ def format_memory_top(
     machinery: Sequence[str] = MACHINERY,
 ) -> str:
     """The ``top`` source lines by memory allocated and still held, over all the snapshots."""
-    filters: list[tracemalloc.Filter] = [
-        tracemalloc.Filter(False, "<frozen importlib._bootstrap>"),
-        tracemalloc.Filter(False, "<frozen importlib._bootstrap_external>"),
-        tracemalloc.Filter(False, "<unknown>"),
-    ]
-    for m in machinery:
-        if m.startswith("<"):
-            filters.append(tracemalloc.Filter(False, m + "*"))
-        else:
-            filters += [
-                tracemalloc.Filter(False, f"*/{m}/*"),
-                tracemalloc.Filter(False, f"*/{m}.py"),
-            ]
-    stats = _merge_snapshots(list(snapshots)).filter_traces(filters).statistics("lineno")
+    # Grouped by line first, then judged once per file: a worker's snapshot holds some 100,000
+    # traces, and tracemalloc's filters would match each against every pattern (seconds of CPU).
+    left_out: dict[str, bool] = {}
+
+    def shown(stat: tracemalloc.Statistic) -> bool:
+        filename = stat.traceback[0].filename
+        if filename not in left_out:
+            left_out[filename] = filename in _NO_SOURCE or _is_machinery(filename, machinery)
+        return not left_out[filename]
+
+    stats = list(filter(shown, _merge_snapshots(list(snapshots)).statistics("lineno")))
     total = sum(s.size for s in stats)
     lines = [
         f"Memory profile (tracemalloc, held at the end over {len(snapshots)} worker(s)): "
