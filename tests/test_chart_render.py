@@ -74,6 +74,13 @@ def refused(values: dict[str, Any]) -> str:
     return proc.stderr
 
 
+@pytest.fixture(scope="module")
+def defaults() -> list[dict[str, Any]]:
+    """The chart rendered with its default values, once for the tests that only read it (a test
+    that compares two renderings calls ``template`` itself)."""
+    return template()
+
+
 def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
@@ -111,8 +118,10 @@ def test_helm_lint_is_clean(values: dict[str, Any]) -> None:
 # -------------------------------------------------------------------------------- the defaults
 
 
-def test_defaults_render_two_operators_electing_a_leader_with_restricted_security() -> None:
-    docs = template()
+def test_defaults_render_two_operators_electing_a_leader_with_restricted_security(
+    defaults: list[dict[str, Any]],
+) -> None:
+    docs = defaults
     deploy = only(docs, "Deployment")
     assert deploy["spec"]["replicas"] == 2
     assert deploy["spec"]["strategy"]["type"] == "RollingUpdate"
@@ -159,8 +168,10 @@ def test_defaults_render_two_operators_electing_a_leader_with_restricted_securit
     assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
 
 
-def test_only_the_operator_pod_mounts_a_service_account_token() -> None:
-    docs = template()
+def test_only_the_operator_pod_mounts_a_service_account_token(
+    defaults: list[dict[str, Any]],
+) -> None:
+    docs = defaults
     sa = only(docs, "ServiceAccount")
     assert sa["automountServiceAccountToken"] is False
     pod = only(docs, "Deployment")["spec"]["template"]["spec"]
@@ -182,8 +193,10 @@ def test_workers_network_policy_admits_the_operator_pod(values: dict[str, Any]) 
     assert ns == "metadata.namespace"
 
 
-def test_worker_image_defaults_to_the_app_version_and_digest_wins() -> None:
-    env = {e["name"]: e.get("value") for e in operator_container(template())["env"]}
+def test_worker_image_defaults_to_the_app_version_and_digest_wins(
+    defaults: list[dict[str, Any]],
+) -> None:
+    env = {e["name"]: e.get("value") for e in operator_container(defaults)["env"]}
     assert env["BNDL_WORKER_IMAGE"] == "ghcr.io/bndl/bndl-worker:0.1.0"
     digest = "sha256:" + "a" * 64
     docs = template({"worker.image.digest": digest, "image.tag": "v9"})
@@ -192,8 +205,8 @@ def test_worker_image_defaults_to_the_app_version_and_digest_wins() -> None:
     assert operator_container(docs)["image"] == "ghcr.io/bndl/bndl-operator:v9"
 
 
-def test_every_resource_carries_the_standard_labels() -> None:
-    for doc in template():
+def test_every_resource_carries_the_standard_labels(defaults: list[dict[str, Any]]) -> None:
+    for doc in defaults:
         labels = doc["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "bndl", doc["kind"]
         assert labels["app.kubernetes.io/instance"] == "bndl"
@@ -212,8 +225,8 @@ def test_changed_values_change_the_pod_template() -> None:
     assert checksum({}) != checksum({"rbac.nodeLocality": False})
 
 
-def test_metrics_service_and_optional_service_monitor() -> None:
-    assert not by_kind(template(), "Service")
+def test_metrics_service_and_optional_service_monitor(defaults: list[dict[str, Any]]) -> None:
+    assert not by_kind(defaults, "Service")
     docs = template({"metrics.enabled": True})
     svc = only(docs, "Service")
     assert svc["spec"]["ports"][0]["targetPort"] == "metrics"
@@ -243,8 +256,10 @@ def rules_of(role: dict[str, Any]) -> dict[tuple[str, str], set[str]]:
     return out
 
 
-def test_cluster_wide_install_binds_one_cluster_role_and_the_node_reader() -> None:
-    docs = template()
+def test_cluster_wide_install_binds_one_cluster_role_and_the_node_reader(
+    defaults: list[dict[str, Any]],
+) -> None:
+    docs = defaults
     roles = {r["metadata"]["name"]: r for r in by_kind(docs, "ClusterRole")}
     assert set(roles) == {"bndl", "bndl-framework", "bndl-node-reader"}
     assert rules_of(roles["bndl-node-reader"]) == {("", "nodes"): {"get"}}
