@@ -76,14 +76,16 @@ class WorkerProcess:
         return self.proc.pid
 
     def stop(self) -> None:
-        """Stop the process by PID: SIGCONT (it may be stopped), SIGTERM, then SIGKILL."""
+        """Stop the process: SIGCONT (it may be stopped), SIGTERM, then SIGKILL. Through
+        ``send_signal``, which does nothing to a process already reaped (a test may have killed
+        it, and a forked worker is reaped by the fork server before ``poll`` learns of it)."""
         if self.proc.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
-            os.kill(self.pid, signal.SIGTERM)
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
+                self.proc.kill()
                 self.proc.wait(timeout=10)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
