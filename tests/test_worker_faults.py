@@ -19,10 +19,13 @@ from tests.test_worker_peers import dead_url
 
 def test_heartbeats_keep_a_long_task_alive(tmp_path: Path) -> None:
     gate = tmp_path / "gate"
-    # Heartbeats 15 times a timeout: a machine saturated by parallel tests may hold a process
+    # Heartbeats 20 times a timeout: a machine saturated by parallel tests may hold a process
     # back for a few hundred ms, never for the whole timeout.
-    settings = ClientSettings(heartbeat_timeout=1.5)
-    with running_worker("w-slow", "--heartbeat-interval", "0.1") as w:
+    settings = ClientSettings(heartbeat_timeout=1.0)
+    # Without heartbeats the watchdog (a few looks per timeout) would fail the run within 1.25
+    # timeouts of its last message, which came before `started`.
+    alive_for = 1.5 * settings.heartbeat_timeout
+    with running_worker("w-slow", "--heartbeat-interval", "0.05") as w:
 
         async def check() -> None:
             async with client(w, settings) as c:
@@ -31,9 +34,9 @@ def test_heartbeats_keep_a_long_task_alive(tmp_path: Path) -> None:
                 )
                 await wait_until_async(lambda: running_on(c, "slow"))
                 started = time.monotonic()
-                await asyncio.wait([consume], timeout=2 * settings.heartbeat_timeout)
+                await asyncio.wait([consume], timeout=alive_for)
                 assert not consume.done(), consume  # still waiting: heartbeats kept it going
-                assert time.monotonic() - started >= 2 * settings.heartbeat_timeout
+                assert time.monotonic() - started >= alive_for
                 gate.write_text("go")
                 (completion,) = await consume
                 assert completion.value == "released"
@@ -48,8 +51,8 @@ async def _collect(stream: object) -> list[object]:
 def test_a_stopped_worker_is_detected_by_the_heartbeat_timeout(tmp_path: Path) -> None:
     # a stopped process still completes TCP handshakes (the kernel does), never TLS ones: a new
     # request to it fails after the connect timeout
-    settings = ClientSettings(heartbeat_timeout=1.0, connect_timeout=1.0)
-    with running_worker("w-stopped", "--heartbeat-interval", "0.1") as w:
+    settings = ClientSettings(heartbeat_timeout=0.5, connect_timeout=0.5)
+    with running_worker("w-stopped", "--heartbeat-interval", "0.05") as w:
 
         async def check() -> None:
             async with client(w, settings) as c:
