@@ -1,6 +1,6 @@
 # The two commands of the README: `make run` (an example job) and `make test` (everything CI runs).
 # The fast tier for the development loop: `make unit` (lint and every test that needs no cluster
-# and no root, one process per core, property tests at a fifth of their examples: about 50 s on 2
+# and no root, one process per core, property tests at a fifth of their examples: about 35 s on 2
 # idle cores; after `make install` once). `make test` runs every test at its full count.
 PYTHON ?= python3
 PIP ?= $(PYTHON) -m pip
