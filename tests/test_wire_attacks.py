@@ -157,16 +157,18 @@ def test_idle_and_half_open_connections_beyond_the_limits_lock_nobody_out(
         try:
             # 400 handshakes against a limit of 32: a member still gets in, at once
             await asyncio.wait_for(legitimate(worker, marker, "during-flood"), 20)
-            # the worker dropped all but the newest handshakes (EOF on the rest)
-            closed = 0
-            for reader, _ in [*idle, *half_open]:
+
+            # the worker dropped all but the newest handshakes (EOF on the rest): read them all
+            # at once, as the ones still open each wait out the timeout
+            async def was_closed(reader: asyncio.StreamReader) -> bool:
                 try:
-                    closed += await asyncio.wait_for(reader.read(1), 0.05) == b""
+                    return await asyncio.wait_for(reader.read(1), 0.5) == b""
                 except ConnectionError:  # reset: closed with unread bytes of ours
-                    closed += 1
+                    return True
                 except TimeoutError:
-                    pass
-            return closed
+                    return False
+
+            return sum(await asyncio.gather(*(was_closed(r) for r, _ in [*idle, *half_open])))
         finally:
             for _, writer in [*idle, *half_open]:
                 writer.close()
