@@ -207,6 +207,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def default_sigint() -> None:
+    """In the child before exec: SIGINT as a shell gives its foreground job (a test started in
+    the background, as ``cmd &`` from a script, would otherwise pass on an ignored SIGINT)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_ctrl_c_on_bndl_run_cancels_the_job_and_leaves_no_process(tmp_path: Path) -> None:
     examples = Path(__file__).resolve().parent.parent / "examples"
     started, gate = tmp_path / "started", tmp_path / "gate"
@@ -230,7 +236,8 @@ def test_ctrl_c_on_bndl_run_cancels_the_job_and_leaves_no_process(tmp_path: Path
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        start_new_session=True,  # its own process group, as a terminal's foreground job
+        start_new_session=True,  # its own process group, as a terminal's foreground job,
+        preexec_fn=default_sigint,  # which Ctrl-C interrupts even if this test ignores SIGINT
     )
     try:
         wait_until(started.exists, timeout=60, what="the job's first task ran")
