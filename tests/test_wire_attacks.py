@@ -14,6 +14,7 @@ legitimate work still served.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import ssl
 import tempfile
 from collections.abc import Iterator
@@ -27,6 +28,7 @@ from bndl.driver import DriverLoop, HttpWorker
 from bndl.execute.exceptions import NotConnected
 from bndl.wire import TaskItem, WorkerClient, create_session
 from bndl.wire.tls import Identity, new_cluster
+from tests.helpers.waiting import wait_until_async
 from tests.test_worker_harness import (
     MATERIAL,
     TLS,
@@ -216,19 +218,20 @@ def test_member_connections_beyond_the_cap_are_closed_and_work_goes_on(tmp_path:
             return answers
 
         assert all(a == b"" for a in run(flood))
-        wait = 0
+        attempts = itertools.count()
 
-        async def served() -> None:
-            nonlocal wait
-            for wait in range(100):  # the worker sees the held connections close shortly
-                try:
-                    await legitimate(w, marker, f"after-cap-{wait}")
-                    return
-                except NotConnected:
-                    await asyncio.sleep(0.05)
-            raise AssertionError("no legitimate work served after the flood")
+        async def served() -> bool:
+            try:  # the worker sees the held connections close shortly
+                await legitimate(w, marker, f"after-cap-{next(attempts)}")
+            except NotConnected:
+                return False
+            return True
 
-        run(served)
+        run(
+            lambda: wait_until_async(
+                served, 5, "legitimate work served after the flood", interval=0.05
+            )
+        )
         assert marker.read_text() == "ran\n"
 
 
