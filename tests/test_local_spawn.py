@@ -127,6 +127,9 @@ def test_the_server_refuses_a_malformed_request_and_keeps_serving(tmp_path: Path
         assert "bad request" in json.loads(ours.recv(65536))["error"]
         socket.send_fds(ours, [b'{"id": 1}'], streams[:1])
         assert "1 streams passed, not 3" in json.loads(ours.recv(65536))["error"]
+        socket.send_fds(ours, [b'{"id": 1, "argv": "--help", "env": {}, "cwd": "/"}'], streams)
+        refused = json.loads(ours.recv(65536))  # answered with its id: the driver stops waiting
+        assert refused["id"] == 1 and "argv must be a list of strings" in refused["error"]
         read_end, write_end = os.pipe()
         request = {"id": 2, "argv": ["--help"], "env": dict(os.environ), "cwd": str(tmp_path)}
         socket.send_fds(ours, [json.dumps(request).encode()], [streams[0], write_end, streams[2]])

@@ -86,6 +86,7 @@ def _become_worker(
         extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
         sys.path[1:1] = extra
         os.chdir(request["cwd"])
+        sys.argv = [worker_main.__file__, *request["argv"]]  # as ``python -m bndl.worker`` has it
         code = worker_main.main(request["argv"])
     except SystemExit as stop:  # argparse and the worker's own exits
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
@@ -98,6 +99,19 @@ def _become_worker(
             sys.stdout.flush()
             sys.stderr.flush()
         os._exit(code)
+
+
+def _check(request: Any) -> None:
+    """Raise ValueError unless ``request`` has the shape the driver sends."""
+    if not isinstance(request, dict):
+        raise ValueError("not a JSON object")
+    argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+    if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
+        raise ValueError("argv must be a list of strings")
+    if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
+        raise ValueError("env must map names to strings")
+    if not isinstance(cwd, str):
+        raise ValueError("cwd must be a string")
 
 
 class _Server:
@@ -140,14 +154,17 @@ class _Server:
             for fd in fds:
                 os.close(fd)
             return False
+        request: Any = None
         try:
             request = json.loads(data)
             if len(fds) != STREAMS:
                 raise ValueError(f"{len(fds)} streams passed, not {STREAMS}")
+            _check(request)
         except ValueError as error:
             for fd in fds:
                 os.close(fd)
-            self.send({"id": None, "error": f"bad request: {error}"})
+            ident = request.get("id") if isinstance(request, dict) else None
+            self.send({"id": ident, "error": f"bad request: {error}"})
             return True
         sys.stdout.flush()
         sys.stderr.flush()
