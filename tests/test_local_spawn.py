@@ -255,3 +255,15 @@ def test_ctrl_c_on_bndl_run_cancels_the_job_and_leaves_no_process(tmp_path: Path
         if run.poll() is None:
             os.killpg(run.pid, signal.SIGKILL)
             run.wait()
+
+
+def test_a_cluster_starts_from_a_directory_that_was_deleted(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    gone_dir = tmp_path / "gone"
+    gone_dir.mkdir()
+    monkeypatch.chdir(gone_dir)
+    gone_dir.rmdir()
+    with LocalCluster(workers=1) as ctx:
+        (done,) = ctx.execute(Job(ctx, [RmiTask(ctx, "anywhere", abs, (-3,))]))
+        assert done.result() == 3

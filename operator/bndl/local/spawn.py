@@ -66,6 +66,15 @@ def fork_server_enabled(environ: Mapping[str, str] = os.environ) -> bool:
     )
 
 
+def _cwd() -> str | None:
+    """This process's working directory; None if it is gone (the worker then keeps the server's,
+    where a process started afresh would have inherited the deleted one)."""
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
+
+
 class ForkServerError(RuntimeError):
     """The fork server could not start a worker."""
 
@@ -104,7 +113,7 @@ class ForkServer:
         """Fork a worker with these arguments and environment, this directory, stdin from
         ``/dev/null``, stdout to a new pipe (:attr:`ForkedProcess.stdout`) and ``stderr``."""
         ident = next(self.ids)
-        request = {"id": ident, "argv": list(argv), "env": dict(env), "cwd": os.getcwd()}
+        request = {"id": ident, "argv": list(argv), "env": dict(env), "cwd": _cwd()}
         read_end, write_end = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
         try:

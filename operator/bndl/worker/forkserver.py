@@ -85,7 +85,9 @@ def _become_worker(
         # What PYTHONPATH would have put first, had this interpreter started with it.
         extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
         sys.path[1:1] = extra
-        os.chdir(request["cwd"])
+        if request["cwd"] is not None:
+            with contextlib.suppress(OSError):  # gone since: as a process started in it would
+                os.chdir(request["cwd"])
         sys.argv = [worker_main.__file__, *request["argv"]]  # as ``python -m bndl.worker`` has it
         code = worker_main.main(request["argv"])
     except SystemExit as stop:  # argparse and the worker's own exits
@@ -110,8 +112,8 @@ def _check(request: Any) -> None:
         raise ValueError("argv must be a list of strings")
     if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
         raise ValueError("env must map names to strings")
-    if not isinstance(cwd, str):
-        raise ValueError("cwd must be a string")
+    if not (cwd is None or isinstance(cwd, str)):
+        raise ValueError("cwd must be a string or null")
 
 
 class _Server:
