@@ -125,6 +125,8 @@ def test_the_server_refuses_a_malformed_request_and_keeps_serving(tmp_path: Path
         streams = [os.open(os.devnull, os.O_RDONLY) for _ in range(3)]
         socket.send_fds(ours, [b"{not json"], streams)
         assert "bad request" in json.loads(ours.recv(65536))["error"]
+        socket.send_fds(ours, [b'{"argv": [], "env": {}, "cwd": null}'], streams)
+        assert "id must be an integer" in json.loads(ours.recv(65536))["error"]
         socket.send_fds(ours, [b'{"id": 1}'], streams[:1])
         assert "1 streams passed, not 3" in json.loads(ours.recv(65536))["error"]
         socket.send_fds(ours, [b'{"id": 1, "argv": "--help", "env": {}, "cwd": "/"}'], streams)

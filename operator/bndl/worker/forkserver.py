@@ -108,6 +108,8 @@ def _check(request: Any) -> None:
     if not isinstance(request, dict):
         raise ValueError("not a JSON object")
     argv, env, cwd = request.get("argv"), request.get("env"), request.get("cwd")
+    if not isinstance(request.get("id"), int):
+        raise ValueError("id must be an integer")
     if not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
         raise ValueError("argv must be a list of strings")
     if not (isinstance(env, dict) and all(isinstance(v, str) for v in env.values())):
