@@ -17,6 +17,7 @@ import pytest
 from bndl.execute.job import Job, RmiTask
 from bndl.local import LocalCluster
 from bndl.local.spawn import ForkedProcess, shared_fork_server
+from tests.cluster.procs import proc_state
 from tests.helpers.waiting import wait_until
 
 pytestmark = pytest.mark.skipif(
@@ -30,11 +31,7 @@ def parent_of(pid: int) -> int:
 
 def gone(pid: int) -> bool:
     """The process exited (a zombie waiting for a reaper counts as gone)."""
-    try:
-        status = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return status.rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    return proc_state(pid) in (None, "Z", "X")
 
 
 def test_workers_are_forked_by_one_server_and_their_exits_are_reported() -> None:

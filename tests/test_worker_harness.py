@@ -102,7 +102,7 @@ def read_line(proc: Process, timeout: float) -> str:
 
 
 def start_worker(name: str, *args: str, timeout: float = 30.0, **env: str) -> WorkerProcess:
-    proc = spawn_worker(["--name", name, "--port", "0", *args], worker_env(**env), None)
+    proc = spawn_worker(["--name", name, "--port", "0", *args], worker_env(**env))
     try:
         line = read_line(proc, timeout)
         announcement = parse_ready_line(line)

@@ -19,9 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
-import ctypes.util
-import functools
 import os
 import shutil
 import signal
@@ -31,7 +28,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -49,8 +46,6 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0
 # Seconds ``loss_cause`` waits for a lost worker's process to exit.
 LOSS_CAUSE_WAIT = 1.0
-# prctl(2) option: the signal the kernel sends a process when its parent dies.
-PR_SET_PDEATHSIG = 1
 
 
 def exit_cause(returncode: int | None) -> str | None:
@@ -65,40 +60,6 @@ def exit_cause(returncode: int | None) -> str | None:
     except ValueError:
         return f"killed by signal {number}"
     return f"killed by signal {number} ({name})"
-
-
-@functools.cache
-def _prctl() -> Any:
-    """libc's prctl(2), looked up once (``find_library`` runs ``ldconfig``); None if absent."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (Linux only).
-
-    The kernel's "parent" is the thread that forks: only a cluster started on the main thread
-    (``bndl run``, tests) gets it, lest workers die with a short-lived thread.
-    """
-    if not sys.platform.startswith("linux"):
-        return None
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    prctl = _prctl()
-    if prctl is None:
-        return None
-
-    parent = os.getpid()
-
-    def preexec() -> None:
-        # Runs in the child between fork and exec: async-signal-safe calls only, no raising.
-        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the driver died before prctl took effect
-            os._exit(1)
-
-    return preexec
 
 
 class WorkerProcess:
@@ -240,7 +201,7 @@ class LocalCluster:
             f"{min(1.0, self.settings.heartbeat_timeout / 4):g}",
             *self.worker_args,
         ]
-        return spawn_worker(argv, env, _die_with_parent())
+        return spawn_worker(argv, env)
 
     def _await_ready(self, index: int, process: Process) -> tuple[str, str]:
         assert process.stdout is not None

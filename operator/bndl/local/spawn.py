@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import IO, Any, Protocol
 
+from bndl.worker import parentdeath
+
 # Set to 0 to execute every worker afresh instead of forking it.
 FORK_SERVER_ENV = "BNDL_FORK_SERVER"
 # Largest message the server sends.
@@ -230,9 +232,6 @@ class ForkedProcess:
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
 
-    def terminate(self) -> None:
-        self.send_signal(signal.SIGTERM)
-
 
 _shared: ForkServer | None = None
 _shared_lock = threading.Lock()
@@ -252,13 +251,10 @@ def shared_fork_server(env: Mapping[str, str]) -> ForkServer:
         return _shared
 
 
-def spawn_worker(
-    argv: Sequence[str],
-    env: Mapping[str, str],
-    preexec_fn: Callable[[], None] | None,
-) -> Process:
+def spawn_worker(argv: Sequence[str], env: Mapping[str, str]) -> Process:
     """Start ``python -m bndl.worker ARGV``: forked from the shared fork server where it can be,
-    else executed with ``preexec_fn``; stdout is a pipe the caller reads, stderr is ours."""
+    else executed afresh (dying with this process); stdout is a pipe the caller reads, stderr is
+    ours."""
     if fork_server_enabled(env):
         return shared_fork_server(env).spawn(argv, env, stderr=2)
     return subprocess.Popen(
@@ -267,5 +263,17 @@ def spawn_worker(
         stdout=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
         text=True,
-        preexec_fn=preexec_fn,
+        preexec_fn=_die_with_parent(),
     )
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGKILL when this process dies (Linux only).
+
+    The kernel's "parent" is the thread that forks: only a worker started on the main thread
+    (``bndl run``, tests) gets it, lest it die with a short-lived thread.
+    """
+    if threading.current_thread() is not threading.main_thread() or parentdeath.prctl() is None:
+        return None
+    parent = os.getpid()
+    return lambda: parentdeath.die_with_parent(parent)

@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import ctypes
-import ctypes.util
 import gc
 import json
 import os
@@ -39,28 +37,15 @@ from typing import Any
 
 # The worker, imported once here so that every child starts with it in memory.
 from bndl.worker import __main__ as worker_main
+from bndl.worker import parentdeath
 
 # Largest request (arguments and environment) the server reads.
 MAX_MESSAGE = 1 << 20
-# prctl(2) option: the signal the kernel sends a process when its parent dies.
-PR_SET_PDEATHSIG = 1
 # The standard streams a request passes: stdin, stdout, stderr.
 STREAMS = 3
 
 
-def _prctl() -> Any:
-    """libc's prctl(2), looked up once before serving (``find_library`` runs ``ldconfig``)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _become_worker(
-    request: dict[str, Any], fds: Sequence[int], closing: Sequence[int], prctl: Any
-) -> None:
+def _become_worker(request: dict[str, Any], fds: Sequence[int], closing: Sequence[int]) -> None:
     """In the child: take the request's streams, environment and directory, run the worker."""
     code = 1
     try:
@@ -75,10 +60,7 @@ def _become_worker(
         for fd in set(fds):
             if fd > 2:
                 os.close(fd)
-        if prctl is not None:  # SIGKILL this child when the server dies
-            prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent:  # the server died before prctl took effect
-            os._exit(1)
+        parentdeath.die_with_parent(parent)  # SIGKILL this child when the server dies
         env: dict[str, str] = request["env"]
         os.environ.clear()
         os.environ.update(env)
@@ -121,7 +103,7 @@ def _check(request: Any) -> None:
 class _Server:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
-        self.prctl = _prctl()
+        parentdeath.prctl()  # looked up before any fork
         self.children: dict[int, int] = {}  # pid -> request id
         self.wakeup_r, self.wakeup_w = os.pipe()
         os.set_blocking(self.wakeup_w, False)
@@ -174,9 +156,7 @@ class _Server:
         sys.stderr.flush()
         pid = os.fork()
         if pid == 0:
-            _become_worker(
-                request, fds, (self.sock.fileno(), self.wakeup_r, self.wakeup_w), self.prctl
-            )
+            _become_worker(request, fds, (self.sock.fileno(), self.wakeup_r, self.wakeup_w))
         for fd in fds:
             os.close(fd)
         self.children[pid] = request["id"]
